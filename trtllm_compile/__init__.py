@@ -1,0 +1,18 @@
+"""trtllm_compile: a torch.compile backend that fuses Hugging Face LLMs for TensorRT and CUDA."""
+
+from trtllm_compile.api import compile, explain
+from trtllm_compile.backend import last_report, trtllm_backend
+from trtllm_compile.config import CompileConfig
+from trtllm_compile.models import load_default_model, load_model
+from trtllm_compile.report import CompileReport
+
+__all__ = [
+    "CompileConfig",
+    "CompileReport",
+    "compile",
+    "explain",
+    "last_report",
+    "load_default_model",
+    "load_model",
+    "trtllm_backend",
+]

@@ -1,0 +1,26 @@
+"""Compile options, shared by the torch.compile backend and `trtllm_compile.compile`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Options of one compile.
+
+    disable_passes: names of registered passes to skip (see `trtllm_compile.passes.registered_passes()`).
+    """
+
+    disable_passes: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_options(cls, options: dict | None) -> CompileConfig:
+        options = dict(options or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown trtllm compile option(s) {unknown}; valid options are {sorted(known)}")
+        if "disable_passes" in options:
+            options["disable_passes"] = frozenset(options["disable_passes"])
+        return cls(**options)

@@ -1,0 +1,66 @@
+"""Small helpers over torch.fx shared by capture, passes and targets."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+aten = torch.ops.aten
+
+
+def constant_of(gm: torch.fx.GraphModule, node: object) -> torch.Tensor | None:
+    """The tensor behind a `get_attr` node (a frozen weight or constant), else None."""
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return None
+    value = gm
+    for part in node.target.split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def add_constant(gm: torch.fx.GraphModule, tensor: torch.Tensor, name_hint: str) -> str:
+    """Attach `tensor` to `gm` as a non-persistent buffer under a fresh name and return that name."""
+    base = "".join(c if c.isalnum() else "_" for c in name_hint).strip("_") or "const"
+    name, i = base, 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"{base}_{i}"
+    gm.register_buffer(name, tensor.detach(), persistent=False)
+    return name
+
+
+def insert_constant(gm: torch.fx.GraphModule, tensor: torch.Tensor, name_hint: str) -> torch.fx.Node:
+    """A `get_attr` node for a new constant, placed after the graph's placeholders."""
+    name = add_constant(gm, tensor, name_hint)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    anchor = placeholders[-1] if placeholders else next(iter(gm.graph.nodes))
+    with gm.graph.inserting_after(anchor) if placeholders else gm.graph.inserting_before(anchor):
+        node = gm.graph.get_attr(name)
+    node.meta["val"] = tensor
+    return node
+
+
+def val(node: object):
+    """The traced (fake) value of a node, or the literal itself."""
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
+
+
+def is_op(node: object, *targets) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def op_name(node: torch.fx.Node) -> str:
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}"
+    return getattr(target, "__name__", str(target))
+
+
+def sizes_equal(a, b) -> bool:
+    """Sizes provably equal, without adding guards on symbolic dims."""
+    return len(a) == len(b) and all(statically_known_true(x == y) for x, y in zip(a, b, strict=True))
+
+
+def same_shape(a, b) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and sizes_equal(a.shape, b.shape)
