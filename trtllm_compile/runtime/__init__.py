@@ -1,0 +1,1 @@
+"""Generation runtime: paged KV cache blocks, sampler and in-flight batching scheduler."""

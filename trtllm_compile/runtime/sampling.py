@@ -1,0 +1,148 @@
+"""Per-request sampling parameters and a batched sampler with Hugging Face semantics.
+
+Each row of the batch has its own parameters. The order matches `transformers` generate: repetition
+penalty, then temperature, then top-k, then top-p, then a draw. Temperature 0 means greedy (argmax).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens for one request. `stop` strings are matched by the detokenizing layer."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0 or None, got {self.seed}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def make_generator(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A generator seeded from `params.seed`, or None to draw from the global RNG."""
+    if params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed)
+
+
+def apply_repetition_penalty(logits: Tensor, penalties: list[float], prev_tokens: list[list[int]]) -> Tensor:
+    """Penalize each row's already-seen tokens: positive logits divided, negative multiplied (as HF)."""
+    num_rows, vocab = logits.shape
+    width = max((len(tokens) for tokens in prev_tokens), default=0)
+    # Pad with an extra column `vocab` that absorbs padding and out-of-vocab ids, then drop it.
+    token_ids = torch.full((num_rows, max(width, 1)), vocab, dtype=torch.int64)
+    for row, tokens in enumerate(prev_tokens):
+        token_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    token_ids = token_ids.clamp(0, vocab).to(logits.device)
+    seen = torch.zeros(num_rows, vocab + 1, dtype=torch.bool, device=logits.device)
+    seen = seen.scatter(1, token_ids, True)[:, :vocab]
+    penalty = torch.tensor(penalties, dtype=logits.dtype, device=logits.device)[:, None]
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_top_k(logits: Tensor, top_k: list[int]) -> Tensor:
+    """Keep each row's `top_k` largest logits (and ties with the k-th, as HF); 0 keeps everything."""
+    vocab = logits.shape[-1]
+    k = torch.tensor([vocab if k <= 0 else min(k, vocab) for k in top_k], device=logits.device)
+    kth_largest = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def apply_top_p(logits: Tensor, top_p: list[float]) -> Tensor:
+    """Keep each row's smallest set of tokens whose probability sums to >= top_p (at least one)."""
+    sorted_logits, sorted_ids = logits.sort(dim=-1, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    # `1 - p` in Python double, then float32, which is exactly what HF's scalar comparison does.
+    threshold = torch.tensor([1.0 - p for p in top_p], dtype=cumulative.dtype, device=logits.device)
+    remove_sorted = cumulative <= threshold[:, None]
+    remove_sorted[:, -1] = False
+    remove_sorted &= torch.tensor([p < 1.0 for p in top_p], device=logits.device)[:, None]
+    remove = remove_sorted.scatter(1, sorted_ids, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def sample(
+    logits: Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None] | None = None,
+    prev_tokens: list[list[int]] | None = None,
+) -> Tensor:
+    """Pick one token per row of `logits` [N, V]; returns int64 [N].
+
+    `generators[i]` (None = global RNG) drives row i's draw, so a seeded generator makes it reproducible.
+    `prev_tokens[i]` (prompt + output so far) is only needed for rows with a repetition penalty.
+    """
+    num_rows = logits.shape[0]
+    generators = generators if generators is not None else [None] * num_rows
+    if not len(params) == len(generators) == num_rows:
+        raise ValueError(f"{num_rows} logit rows but {len(params)} params and {len(generators)} generators")
+    logits = logits.float()
+    penalties = [p.repetition_penalty for p in params]
+    if any(penalty != 1.0 for penalty in penalties):
+        if prev_tokens is None or len(prev_tokens) != num_rows:
+            raise ValueError("repetition_penalty needs prev_tokens (prompt + output ids) for every row")
+        logits = apply_repetition_penalty(logits, penalties, prev_tokens)
+
+    tokens = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
+    greedy_rows = [i for i, p in enumerate(params) if p.is_greedy]
+    random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
+    if greedy_rows:
+        tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+    if random_rows:
+        row_params = [params[i] for i in random_rows]
+        probs = _filtered_probs(logits[random_rows], row_params)
+        tokens[random_rows] = _draw(probs, [generators[i] for i in random_rows])
+    return tokens
+
+
+def _filtered_probs(logits: Tensor, params: list[SamplingParams]) -> Tensor:
+    temperature = torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
+    logits = logits / temperature
+    if any(p.top_k > 0 for p in params):
+        logits = apply_top_k(logits, [p.top_k for p in params])
+    if any(p.top_p < 1.0 for p in params):
+        logits = apply_top_p(logits, [p.top_p for p in params])
+    return logits.softmax(dim=-1)
+
+
+def _draw(probs: Tensor, generators: list[torch.Generator | None]) -> Tensor:
+    """One multinomial draw per row: rows on the global RNG in one call, seeded rows one by one."""
+    tokens = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
+    unseeded = [i for i, g in enumerate(generators) if g is None]
+    if unseeded:
+        tokens[unseeded] = torch.multinomial(probs[unseeded], 1).squeeze(1)
+    for row, generator in enumerate(generators):
+        if generator is not None:
+            tokens[row] = torch.multinomial(probs[row], 1, generator=generator)[0]
+    return tokens
