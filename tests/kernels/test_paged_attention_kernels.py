@@ -1,0 +1,91 @@
+"""Paged decode attention kernel against its gather-then-softmax reference (GQA, split-K, softcap, window)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _paged_case(seq_lens, q_heads, kv_heads, head_dim, page, dtype, device, spare_blocks=5):
+    """Random caches with each sequence's blocks scattered over the pool, plus unused table entries."""
+    gen = torch.Generator().manual_seed(0)
+    max_blocks = max(-(-n // page) for n in seq_lens) + 1
+    num_blocks = len(seq_lens) * max_blocks + spare_blocks
+    q = torch.randn(len(seq_lens), q_heads, head_dim, generator=gen)
+    k_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=gen)
+    tables = torch.randperm(num_blocks, generator=gen)[: len(seq_lens) * max_blocks].view(len(seq_lens), -1)
+    tensors = [t.to(device=device, dtype=dtype) for t in (q, k_cache, v_cache)]
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    return (*tensors, tables.to(device=device, dtype=torch.int32), lens), 1.0 / math.sqrt(head_dim)
+
+
+HEADS = [(4, 4), (8, 2), (4, 1)]  # MHA (vector path), GQA and MQA (tensor-core path)
+VARIANTS = {"plain": {}, "softcap": {"softcap": 5.0}, "window": {"sliding_window": 7}}
+
+
+# softcap and window masks do not depend on the dtype: every dtype runs "plain", fp32 runs all variants
+INTERPRETED_CASES = [(d, v) for d in DTYPES for v in VARIANTS if v == "plain" or d == torch.float32]
+
+
+@pytest.mark.parametrize("partition", [None, 16], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("q_heads,kv_heads", HEADS, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype,variant", INTERPRETED_CASES, ids=str)
+def test_paged_decode_interpreted(interpreted, assert_matches, dtype, variant, q_heads, kv_heads, partition):
+    attn = interpreted("paged_attention")
+    if dtype == torch.bfloat16 and q_heads // kv_heads > 2:
+        pytest.skip("Triton's interpreter multiplies bf16 tl.dot operands as raw uint16 bits; the GPU tests cover it")
+    # lengths: empty, one token, a page boundary, the window edge, and a multi-partition sequence
+    args, scale = _paged_case([13, 0, 1, 16, 30], q_heads, kv_heads, 16, 8, dtype, "cpu")
+    expected = attn.paged_decode_attention_reference(*args, scale, **VARIANTS[variant])
+    actual = attn.paged_decode_attention(*args, scale, **VARIANTS[variant], partition_size=partition)
+    assert_matches(actual, expected, "attention")
+    assert actual[1].abs().max() == 0  # seq_len 0 attends to nothing
+
+
+def test_paged_decode_interpreted_strided_q_and_out(interpreted, assert_matches):
+    attn = interpreted("paged_attention")
+    (q, *rest), scale = _paged_case([9, 21], 8, 2, 32, 4, torch.float16, "cpu")
+    qkv = torch.cat([q, torch.zeros_like(q), torch.zeros_like(q)], dim=1)  # q as a view of a fused qkv row
+    out = torch.full((2, 8, 32), float("nan"), dtype=torch.float16)
+    attn.paged_decode_attention(qkv[:, :8], *rest, scale, out=out, partition_size=8)
+    assert_matches(out, attn.paged_decode_attention_reference(q, *rest, scale), "attention")
+
+
+GPU_SHAPES = [  # (q heads, kv heads, head dim, block size): Llama-2-7B, Llama-3-8B, a small MQA model
+    (32, 32, 128, 16),
+    (32, 8, 128, 32),
+    (8, 1, 64, 64),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [3, 48], ids=lambda b: f"batch{b}")  # 3: split-K on any GPU
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim,page", GPU_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_paged_decode_gpu(assert_matches, dtype, q_heads, kv_heads, head_dim, page, batch):
+    from trtllm_compile.kernels import paged_attention as attn
+
+    gen = torch.Generator().manual_seed(batch)
+    lens = torch.randint(1, 1500, (batch,), generator=gen).tolist()
+    args, scale = _paged_case(lens, q_heads, kv_heads, head_dim, page, dtype, "cuda")
+    expected = attn.paged_decode_attention_reference(*args, scale)
+    assert_matches(attn.paged_decode_attention(*args, scale), expected, "attention")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["softcap", "window"])
+@pytest.mark.parametrize("partition", [None, 256], ids=["auto", "split-k"])
+def test_paged_decode_gpu_masks(assert_matches, variant, partition, monkeypatch):
+    from trtllm_compile.kernels import paged_attention as attn
+
+    monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
+    kwargs = {"softcap": 50.0} if variant == "softcap" else {"sliding_window": 300}  # Gemma-2-like
+    args, scale = _paged_case([1000, 7, 299, 300, 301, 640], 16, 8, 128, 16, torch.bfloat16, "cuda")
+    expected = attn.paged_decode_attention_reference(*args, scale, **kwargs)
+    actual = attn.paged_decode_attention(*args, scale, **kwargs, partition_size=partition)
+    assert_matches(actual, expected, "attention")

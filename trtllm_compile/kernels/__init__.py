@@ -1,0 +1,96 @@
+"""Triton kernels of the `cuda` execution target, one file per op family.
+
+`register_cuda_kernels()` makes them the CUDA implementations of the `trtllm::*` ops (whose bodies stay the
+PyTorch references used on CPU). Triton is imported lazily, by the kernel modules, so importing this package
+costs nothing on a machine without it. `trtllm::paged_attention` gets `cached_attention.paged_attention`,
+which combines the paged decode kernel with SDPA for prefills.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRITON_AVAILABLE: bool = importlib.util.find_spec("triton") is not None
+
+_registered = False
+
+
+def register_cuda_kernels() -> bool:
+    """Register the Triton kernels as the `cuda` kernels of the trtllm ops; safe to call many times.
+
+    Returns False (and logs why) when Triton is not installed, leaving the PyTorch references in place.
+    """
+    global _registered
+    if _registered:
+        return True
+    if not TRITON_AVAILABLE:
+        logger.warning("triton is not installed: trtllm ops run their PyTorch references on CUDA (pip install triton)")
+        return False
+    import trtllm_compile.ops  # noqa: F401  (defines the ops)
+    from trtllm_compile.kernels import activation, cached_attention, norm, rope
+
+    for name, fn in {
+        "trtllm::rms_norm": norm.rms_norm,
+        "trtllm::add_rms_norm": norm.add_rms_norm,
+        "trtllm::rope": rope.rope,
+        "trtllm::mlp_activation": activation.mlp_activation,
+        "trtllm::paged_attention": cached_attention.paged_attention,
+    }.items():
+        torch.library.register_kernel(name, "cuda", fn)
+    _registered = True
+    return True
+
+
+def is_interpreted(kernel: object) -> bool:
+    """Whether `@triton.jit` built this kernel for Triton's CPU interpreter (TRITON_INTERPRET=1 then)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+class _FirstConfig:
+    """Launches a kernel with the first of its autotune configs."""
+
+    def __init__(self, kernel, config) -> None:
+        self.kernel, self.config = kernel, config
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            meta = dict(num_warps=self.config.num_warps, num_stages=self.config.num_stages)
+            return self.kernel[grid](*args, **kwargs, **self.config.kwargs, **meta)
+
+        return launch
+
+
+class _Autotuned:
+    """`triton.autotune` (cached per value of `key` and per argument dtype), except: under the interpreter,
+    which cannot time kernels, and while TRTLLM_TRITON_AUTOTUNE=0 (tests: one compile per shape instead of
+    one per config), the first config runs."""
+
+    def __init__(self, kernel, configs: Sequence, key: Sequence[str]) -> None:
+        import triton
+
+        self.first = _FirstConfig(kernel, configs[0])
+        self.tuned = None if is_interpreted(kernel) else triton.autotune(list(configs), list(key))(kernel)
+
+    def __getitem__(self, grid):
+        if self.tuned is None or os.environ.get("TRTLLM_TRITON_AUTOTUNE", "1") == "0":
+            return self.first[grid]
+        return self.tuned[grid]
+
+
+def autotune(configs: Sequence, key: Sequence[str]) -> Callable:
+    """Decorator form of `_Autotuned`; put the first config forward as the best default."""
+    return lambda kernel: _Autotuned(kernel, configs, key)
+
+
+def rows_view(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a 2-D [rows, last] tensor with a contiguous last dim; a view whenever the strides allow it."""
+    if t.dim() == 0 or t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t

@@ -1,0 +1,54 @@
+"""CUDA implementation of `trtllm.paged_attention`: write the step's K/V into the paged cache, run the Triton
+decode kernel over the single-token rows, and SDPA (flash) over each prefill's own tokens.
+
+Contract with the runner (model_runner.py): decode rows come first, and a prefill row starts at position 0,
+so its keys are exactly its own tokens. No host synchronization happens here (sequence boundaries come from
+the host copy of `query_start_loc`), which keeps decode steps capturable in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from trtllm_compile.kernels.paged_attention import paged_decode_attention
+from trtllm_compile.ops.paged_attention import write_kv_cache
+
+
+def paged_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_cache: Tensor,
+    slot_mapping: Tensor,
+    block_tables: Tensor,
+    context_lens: Tensor,
+    host_query_start_loc: Tensor,
+    layer: int,
+    scale: float,
+    sliding_window: int = -1,
+    softcap: float = 0.0,
+) -> Tensor:
+    write_kv_cache(kv_cache, layer, k, v, slot_mapping)
+    starts = host_query_start_loc.tolist()
+    lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
+    num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
+    out = torch.empty_like(q)
+    if num_decodes:
+        decoded = paged_decode_attention(
+            q[0, :, :num_decodes].transpose(0, 1).contiguous(),
+            kv_cache[layer, 0],
+            kv_cache[layer, 1],
+            block_tables[:num_decodes],
+            context_lens[:num_decodes],
+            scale,
+            softcap,
+            sliding_window,
+        )
+        out[0, :, :num_decodes] = decoded.transpose(0, 1)
+    for start, end in zip(starts[num_decodes:-1], starts[num_decodes + 1 :], strict=True):
+        rows = slice(start, end)
+        out[:, :, rows] = torch.ops.trtllm.attention(
+            q[:, :, rows], k[:, :, rows], v[:, :, rows], None, scale, True, sliding_window, softcap
+        )
+    return out

@@ -1,0 +1,244 @@
+"""Paged decode attention with GQA, flash-decoding split-K, soft-capping and sliding windows.
+
+One program per (sequence, KV head, split) serves all query heads of the group, so each K/V row is read once.
+Positions are gathered token by token through the block table (slot = block * PAGE + pos % PAGE), which
+keeps the tile size independent of the page size. When sequences x KV heads cannot fill the GPU, the context
+is split into partitions whose partial (max, sum, unnormalized output) are merged by a second kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from trtllm_compile.kernels import autotune, is_interpreted
+from trtllm_compile.kernels.activation import tanh
+
+_CONFIGS = [
+    triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+    for n, w, s in ((64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (32, 2, 2), (64, 4, 3))
+]
+_MIN_PARTITION = 64  # tokens per split: below this the merge costs more than the parallelism gains
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr,
+    stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_on, stride_oh,
+    num_q_heads, num_splits, partition, scale, softcap, sliding_window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(lens_ptr + n)
+    lo = split * partition
+    hi = tl.minimum(lo + partition, seq_len)
+    if WINDOW:
+        lo = tl.maximum(lo, seq_len - sliding_window)
+
+    offs_g, offs_d = tl.arange(0, BLOCK_G), tl.arange(0, BLOCK_D)
+    heads = kv_head * GROUP + offs_g
+    g_ok, d_ok = offs_g < GROUP, offs_d < HEAD_DIM
+    q_mask = g_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
+
+    bt_row = bt_ptr + n * stride_bt
+    pos = lo + tl.arange(0, BLOCK_N)
+    block = tl.load(bt_row + pos // PAGE, mask=pos < hi, other=0)
+    for start in range(lo, hi, BLOCK_N):
+        pos = start + tl.arange(0, BLOCK_N)
+        p_ok = pos < hi
+        kv_mask = p_ok[:, None] & d_ok[None, :]
+        in_page, block = pos % PAGE, block.to(tl.int64)
+        k_rows = k_head + block * stride_kb + in_page * stride_ks
+        v_rows = v_head + block * stride_vb + in_page * stride_vs
+        # K and V issued together, then the next tile's block ids: all in flight while this tile's math runs
+        k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        block = tl.load(bt_row + (pos + BLOCK_N) // PAGE, mask=pos + BLOCK_N < hi, other=0)
+        if USE_DOT:  # tensor cores, query heads padded to 16 rows
+            if FP32:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+        else:  # one or two query heads: broadcast-multiply-reduce in fp32
+            s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2)
+        s = s * scale
+        if SOFTCAP:
+            s = softcap * tanh(s / softcap)
+        s = tl.where(p_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+        p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if USE_DOT:
+            if FP32:
+                pv = tl.dot(p, v, input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+        else:
+            pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+
+    if SPLIT:
+        part = (n * num_q_heads + heads) * num_splits + split
+        tl.store(m_ptr + part, m_i, mask=g_ok)
+        tl.store(l_ptr + part, l_i, mask=g_ok)
+        tl.store(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=q_mask)
+    else:
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty sequence gives zeros
+        o_ptrs = out_ptr + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    m_ptr, l_ptr, acc_ptr, out_ptr, num_q_heads, num_splits, stride_on, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    offs_s, offs_d = tl.arange(0, BLOCK_S), tl.arange(0, BLOCK_D)
+    s_ok, d_ok = offs_s < num_splits, offs_d < HEAD_DIM
+    part = (n * num_q_heads + head) * num_splits + offs_s
+    m = tl.load(m_ptr + part, mask=s_ok, other=float("-inf"))
+    l_part = tl.load(l_ptr + part, mask=s_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # every split empty
+    w = tl.exp2((m - m_max) * 1.4426950408889634)
+    total = tl.sum(l_part * w, axis=0)
+    acc = tl.load(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + n * stride_on + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
+
+
+_paged_decode_tuned = autotune(_CONFIGS, key=["GROUP", "HEAD_DIM", "PAGE", "SPLIT", "SOFTCAP", "WINDOW"])(
+    _paged_decode_kernel
+)
+INTERPRETED: bool = is_interpreted(_paged_decode_kernel)
+
+
+@functools.lru_cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan_splits(programs: int, max_context: int, device: torch.device) -> tuple[int, int]:
+    """(num_splits, partition tokens): split only when sequences x KV heads leave the GPU under two waves."""
+    sms = _num_sms(device)
+    if programs >= 2 * sms or max_context <= _MIN_PARTITION:
+        return 1, max(max_context, 1)
+    wanted = triton.cdiv(4 * sms, programs)
+    partition = max(_MIN_PARTITION, triton.next_power_of_2(triton.cdiv(max_context, wanted)))
+    splits = triton.cdiv(max_context, partition)
+    return (splits, partition) if splits > 1 else (1, max_context)
+
+
+def paged_decode_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    seq_lens: Tensor,
+    scale: float,
+    softcap: float = 0.0,
+    sliding_window: int = -1,
+    out: Tensor | None = None,
+    partition_size: int | None = None,
+) -> Tensor:
+    """One decode step: q [N, Hq, D] attends to the first seq_lens[n] cached positions of sequence n.
+
+    k_cache/v_cache: [num_blocks, PAGE, Hkv, D]; block_tables: [N, max_blocks] int32; seq_lens: [N] int32,
+    each <= max_blocks * PAGE. `partition_size` forces the split-K partition (tokens); None picks one from the
+    GPU's SM count. CPU tensors run the PyTorch reference unless Triton's interpreter is on.
+    """
+    if q.device.type == "cpu" and not INTERPRETED:
+        return paged_decode_attention_reference(
+            q, k_cache, v_cache, block_tables, seq_lens, scale, softcap, sliding_window, out
+        )
+    n_seq, hq, head_dim = q.shape
+    _, page, hkv, _ = k_cache.shape
+    if hq % hkv or k_cache.shape[-1] != head_dim or v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"q {tuple(q.shape)} / k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)}: need "
+            "Hq a multiple of Hkv and equal head dims (caches are [num_blocks, block_size, Hkv, D])"
+        )
+    if page & (page - 1) or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"block size {page} must be a power of two and q/k/v share one dtype")
+    out = torch.empty((n_seq, hq, head_dim), dtype=q.dtype, device=q.device) if out is None else out
+    if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache, out)):
+        raise ValueError("q, k_cache, v_cache and out need a contiguous last (head) dim")
+    block_tables, seq_lens = block_tables.contiguous(), seq_lens.contiguous()
+    if n_seq == 0:
+        return out
+    max_context = block_tables.shape[1] * page
+    if partition_size is None:
+        splits, partition = plan_splits(n_seq * hkv, max_context, q.device)
+    else:
+        splits, partition = triton.cdiv(max_context, partition_size), partition_size
+    group = hq // hkv
+    use_dot = group > 2
+    block_g = max(16, triton.next_power_of_2(group)) if use_dot else triton.next_power_of_2(group)
+    block_d = triton.next_power_of_2(head_dim)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    m = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
+    lse = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
+    acc = torch.empty((n_seq, hq, splits, head_dim), **f32) if splits > 1 else out
+    _paged_decode_tuned[(n_seq, hkv, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, m, lse, acc,
+        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        hq, splits, partition, float(scale), float(softcap), int(sliding_window),
+        GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
+        WINDOW=sliding_window > 0, USE_DOT=use_dot, FP32=q.dtype == torch.float32,
+        BLOCK_G=block_g, BLOCK_D=block_d,
+    )  # fmt: skip
+    if splits > 1:
+        _merge_splits_kernel[(n_seq, hq)](
+            m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
+    return out
+
+
+def paged_decode_attention_reference(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_tables: Tensor,
+    seq_lens: Tensor,
+    scale: float,
+    softcap: float = 0.0,
+    sliding_window: int = -1,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Gather each sequence's K/V from its blocks and run plain fp32 softmax attention (same signature)."""
+    n_seq, hq, head_dim = q.shape
+    page, hkv = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q) if out is None else out
+    for i, length in enumerate(seq_lens.tolist()):
+        first = max(0, length - sliding_window) if sliding_window > 0 else 0
+        blocks = block_tables[i, : -(-length // page)].long()
+        k = k_cache[blocks].reshape(-1, hkv, head_dim)[first:length].float()
+        v = v_cache[blocks].reshape(-1, hkv, head_dim)[first:length].float()
+        k, v = k.repeat_interleave(hq // hkv, dim=1), v.repeat_interleave(hq // hkv, dim=1)  # [L, Hq, D]
+        scores = torch.einsum("hd,lhd->hl", q[i].float(), k) * scale
+        if softcap > 0:
+            scores = torch.tanh(scores / softcap) * softcap
+        out[i] = torch.einsum("hl,lhd->hd", torch.softmax(scores, dim=-1), v).to(out.dtype)
+    return out
