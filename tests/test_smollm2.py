@@ -56,3 +56,37 @@ def test_generate_through_torch_compile_gives_eager_greedy_tokens(smollm2):
     assert torch.equal(actual_single, expected_single)
     # The compiled graphs really ran: the decode step's report comes from our backend, fully fused.
     assert trtllm_compile.last_report().matches == _expected_matches(model.config)
+
+
+@pytest.mark.slow
+def test_engine_greedy_equals_hf_with_requests_joining_mid_flight(smollm2):
+    from trtllm_compile.runtime.llm import LLM
+    from trtllm_compile.runtime.sampling import SamplingParams
+
+    model, tokenizer = smollm2
+    expected = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=12, do_sample=False)
+        expected.append(out[0, ids.shape[1] :].tolist())
+
+    llm = LLM(model, tokenizer, max_batch_size=4, max_num_tokens=256)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    engine, results, ids = llm.engine, {}, {}
+    for step in range(200):
+        if step < len(PROMPTS) * 3 and step % 3 == 0:  # join every third step while others decode
+            ids[engine.add_request(PROMPTS[step // 3], params)] = step // 3
+        for output in engine.step():
+            if output.finished:
+                results[ids[output.request_id]] = output
+        if len(results) == len(PROMPTS):
+            break
+    for index, tokens in enumerate(expected):
+        assert results[index].token_ids == tokens  # both stop at EOS or after 12 tokens
+        assert results[index].text == tokenizer.decode(results[index].token_ids, skip_special_tokens=True)
+    assert engine.block_manager.num_used_blocks == 0
+
+    streamed = list(llm.generate_stream(PROMPTS[0], params))
+    assert "".join(o.new_text for o in streamed) == results[0].text
+    assert streamed[-1].finished

@@ -35,26 +35,51 @@ def explain(model: torch.nn.Module, *example_args, options: dict | None = None, 
 
 
 class CompiledModel:
-    """A model compiled in place with the "trtllm" backend; `reports` has one entry per compiled graph."""
+    """A compiled model: calls run the model compiled in place with the "trtllm" backend; `generate()` runs on
+    the paged-KV in-flight batching engine (built on first use) and takes Hugging Face's arguments."""
 
-    def __init__(self, model: torch.nn.Module, config: CompileConfig):
+    def __init__(self, model: torch.nn.Module, config: CompileConfig, engine_options: dict):
         self.model = model
         self.config = config
         self.reports: list[CompileReport] = []
+        self._engine_options = engine_options
+        self._engine = None
         model.compile(backend=make_backend(config, self.reports.append))
 
     @property
     def report(self) -> CompileReport:
-        return _merged(self.reports)
+        """Reports of the forward graphs compiled so far, and of the generation step graph once built."""
+        reports = self.reports + ([self._engine.report] if self._engine is not None else [])
+        return _merged(reports)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from trtllm_compile.runtime.engine import EngineConfig, LLMEngine
+
+            self._engine = LLMEngine(self.model, None, EngineConfig(compile=self.config, **self._engine_options))
+        return self._engine
 
     def __call__(self, *args, **kwargs):
         with torch.no_grad():
             return self.model(*args, **kwargs)
 
-    def generate(self, *args, **kwargs):
-        return self.model.generate(*args, **kwargs)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Hugging Face `generate()` arguments and output layout (greedy, sampling, eos, streamer, ...)."""
+        from trtllm_compile.runtime.hf_generate import generate
+
+        with torch.no_grad():
+            return generate(self.engine, self.model.generation_config, input_ids, attention_mask, **kwargs)
+
+
+_ENGINE_OPTIONS = ("max_batch_size", "max_num_tokens", "block_size", "num_blocks", "gpu_memory_fraction", "cuda_graphs")
 
 
 def compile(model: torch.nn.Module, **options) -> CompiledModel:  # noqa: A001  (mirrors torch.compile)
-    """Compile `model` in place (like `nn.Module.compile`) with the "trtllm" backend."""
-    return CompiledModel(model, CompileConfig.from_options(options))
+    """Compile `model`: in place for calls (like `nn.Module.compile`), on the trtllm engine for `generate()`.
+
+    Options are `CompileConfig` fields and the engine's (`max_batch_size`, `max_num_tokens`, `block_size`,
+    `num_blocks`, `gpu_memory_fraction`, `cuda_graphs`).
+    """
+    engine_options = {name: options.pop(name) for name in _ENGINE_OPTIONS if name in options}
+    return CompiledModel(model, CompileConfig.from_options(options), engine_options)

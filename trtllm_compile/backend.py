@@ -16,7 +16,7 @@ import torch.fx
 from trtllm_compile import ops  # noqa: F401  (registers the trtllm ops)
 from trtllm_compile.capture import CapturedGraph, capture_dynamo_graph
 from trtllm_compile.config import CompileConfig
-from trtllm_compile.passes import run_passes
+from trtllm_compile.passes import GRAPH_STAGES, run_passes
 from trtllm_compile.report import CompileReport
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class CompiledGraph:
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list, config: CompileConfig) -> CompiledGraph:
     start = time.perf_counter()
     captured = capture_dynamo_graph(gm, example_inputs)
-    results = run_passes(captured.graph_module, config, skip=config.disable_passes)
+    results = run_passes(captured.graph_module, config, GRAPH_STAGES, skip=config.disable_passes)
     report = CompileReport.from_graph(captured.graph_module, results)
     logger.info("trtllm: compiled a graph in %.1fs: %s", time.perf_counter() - start, report.summary())
     logger.debug("%s", report)

@@ -10,9 +10,12 @@ class CompileConfig:
     """Options of one compile.
 
     disable_passes: names of registered passes to skip (see `trtllm_compile.passes.registered_passes()`).
+    sliding_windows: per attention layer in graph order, its sliding window (-1: full attention). Graph passes
+        cannot see it (Hugging Face folds it into the mask), so the runtime reads it from the model config.
     """
 
     disable_passes: frozenset[str] = field(default_factory=frozenset)
+    sliding_windows: tuple[int, ...] = ()
 
     @classmethod
     def from_options(cls, options: dict | None) -> CompileConfig:

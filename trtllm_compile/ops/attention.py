@@ -8,10 +8,13 @@ from torch import Tensor
 
 
 def visibility_mask(q_len: int, kv_len: int, is_causal: bool, sliding_window: int, device) -> Tensor | None:
-    """Boolean [q_len, kv_len] mask of allowed positions; queries are the last `q_len` of `kv_len` positions."""
+    """Boolean [q_len, kv_len] mask of allowed positions, aligned top-left like SDPA's `is_causal`.
+
+    Query i sits at position i; a KV cache's bottom-right alignment is the last `q_len` rows of the square mask.
+    """
     if not is_causal and sliding_window <= 0:
         return None
-    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    q_pos = torch.arange(q_len, device=device)[:, None]
     k_pos = torch.arange(kv_len, device=device)[None, :]
     allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
     if is_causal:
@@ -45,7 +48,7 @@ def attention(
     """q: [B, Hq, Sq, D], k/v: [B, Hkv, Skv, D] with Hq a multiple of Hkv -> [B, Hq, Sq, D].
 
     `attn_mask` is boolean (True = attend) or additive, broadcastable to [B, Hq, Sq, Skv]. `is_causal` and
-    `sliding_window` (> 0) are aligned to the end of the keys, which is what a KV cache needs.
+    `sliding_window` (> 0) align top-left, exactly as SDPA's `is_causal` (the call this op replaces).
     """
     visible = visibility_mask(q.shape[-2], k.shape[-2], is_causal, sliding_window, q.device)
     mask = combined_mask(attn_mask, visible, q.dtype)

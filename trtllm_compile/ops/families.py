@@ -6,6 +6,7 @@ import torch
 
 FAMILY_OF_OP: dict[str, str] = {
     "trtllm::attention": "attention",
+    "trtllm::paged_attention": "attention",
     "trtllm::rope": "rope",
     "trtllm::mlp_activation": "mlp",
     "trtllm::rms_norm": "norm",

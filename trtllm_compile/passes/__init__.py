@@ -1,19 +1,32 @@
 """The FX pass pipeline. Importing this package registers every pass, in stage order:
 
-canonicalize -> match -> fuse -> (quantize -> shard -> cache -> lower, added by the targets that need them).
-"""
+canonicalize -> match -> fuse -> quantize -> shard -> cache -> lower.
 
-from trtllm_compile.passes import (  # noqa: F401  (import order is run order within a stage)
+Within a stage, passes run in the order they are imported below, so this import list is the pipeline;
+`ruff: noqa: I001` keeps the import sorter from reordering it.
+"""
+# ruff: noqa: I001
+
+from trtllm_compile.passes import (  # noqa: F401
+    remove_noops,
     canonicalize_gelu,
     canonicalize_linear,
-    fuse_add_norm,
-    fuse_gemms,
-    match_attention,
-    match_mlp,
     match_norm,
     match_rope,
-    remove_noops,
+    match_attention,
+    match_mlp,
+    fuse_gemms,
+    fuse_add_norm,
+    insert_paged_attention,
+    select_logits,
 )
-from trtllm_compile.passes.registry import PassResult, Stage, register_pass, registered_passes, run_passes
+from trtllm_compile.passes.registry import (
+    GRAPH_STAGES,
+    PassResult,
+    Stage,
+    register_pass,
+    registered_passes,
+    run_passes,
+)
 
-__all__ = ["PassResult", "Stage", "register_pass", "registered_passes", "run_passes"]
+__all__ = ["GRAPH_STAGES", "PassResult", "Stage", "register_pass", "registered_passes", "run_passes"]

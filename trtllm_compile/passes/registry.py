@@ -29,6 +29,9 @@ class Stage(enum.IntEnum):
     LOWER = 6
 
 
+# What torch.compile graphs get; the later stages need a whole-model step graph (the runtime's).
+GRAPH_STAGES = frozenset({Stage.CANONICALIZE, Stage.MATCH, Stage.FUSE, Stage.QUANTIZE})
+
 PassFn = Callable[[torch.fx.GraphModule, object], int]
 
 
@@ -64,7 +67,7 @@ def register_pass(stage: Stage, name: str | None = None) -> Callable[[PassFn], P
     return decorate
 
 
-def registered_passes(stages: set[Stage] | None = None) -> list[PassSpec]:
+def registered_passes(stages: frozenset[Stage] | None = None) -> list[PassSpec]:
     specs = [spec for spec in _PASSES.values() if stages is None or spec.stage in stages]
     return sorted(specs, key=lambda spec: spec.stage)  # sorted() is stable: import order within a stage
 

@@ -17,6 +17,7 @@ from trtllm_compile.passes.registry import Stage, register_pass
 _IDENTITY_OPS = {aten.alias.default, aten.detach.default, aten.detach_.default, aten.lift_fresh_copy.default}
 _CAST_OPS = {aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default, aten.type_as.default}
 _MARKERS = {
+    aten._assert_tensor_metadata.default,  # torch.export's dtype/device checks after casts
     torch._C._set_grad_enabled,
     torch.amp.autocast_mode._enter_autocast,
     torch.amp.autocast_mode._exit_autocast,

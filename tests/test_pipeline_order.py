@@ -1,0 +1,18 @@
+from trtllm_compile.passes import Stage, registered_passes
+
+
+def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_then_cache():
+    assert [(spec.stage, spec.name) for spec in registered_passes()] == [
+        (Stage.CANONICALIZE, "remove_noops"),
+        (Stage.CANONICALIZE, "canonicalize_gelu"),
+        (Stage.CANONICALIZE, "canonicalize_linear"),
+        (Stage.MATCH, "match_rms_norm"),
+        (Stage.MATCH, "match_layer_norm"),
+        (Stage.MATCH, "match_rope"),
+        (Stage.MATCH, "match_attention"),
+        (Stage.MATCH, "match_mlp"),
+        (Stage.FUSE, "fuse_gemms"),
+        (Stage.FUSE, "fuse_add_rms_norm"),
+        (Stage.CACHE, "insert_paged_attention"),
+        (Stage.CACHE, "select_logits"),
+    ]

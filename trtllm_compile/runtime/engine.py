@@ -1,0 +1,149 @@
+"""The generation engine: scheduler + model runner + sampler + detokenizer, one `step()` at a time.
+
+`LLM` (offline batches), the Hugging Face `generate()` shim and the OpenAI server all drive this loop, so
+concurrent requests share each step's GEMMs (in-flight batching).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from trtllm_compile.config import CompileConfig
+from trtllm_compile.runtime.kv_cache import BlockManager
+from trtllm_compile.runtime.model_runner import ModelRunner
+from trtllm_compile.runtime.sampling import SamplingParams, make_generator, sample
+from trtllm_compile.runtime.scheduler import Request, Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    max_batch_size: int = 64
+    max_num_tokens: int = 4096  # per step; also the longest sequence (a preempted one is recomputed at once)
+    block_size: int = 16
+    num_blocks: int | None = None  # default: fill `gpu_memory_fraction` of free GPU memory (CPU: a full batch)
+    gpu_memory_fraction: float = 0.9
+    cuda_graphs: bool = True
+    compile: CompileConfig = field(default_factory=CompileConfig)
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    new_text: str = ""  # text added by the latest step (streaming)
+    finished: bool = False
+    finish_reason: str | None = None
+
+
+class LLMEngine:
+    def __init__(self, model: torch.nn.Module, tokenizer=None, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        self.tokenizer = tokenizer
+        self.max_seq_len = min(config.max_num_tokens, getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.runner = ModelRunner(
+            model,
+            max_batch_size=config.max_batch_size,
+            max_num_tokens=config.max_num_tokens,
+            max_seq_len=self.max_seq_len,
+            block_size=config.block_size,
+            num_blocks=config.num_blocks,
+            gpu_memory_fraction=config.gpu_memory_fraction,
+            cuda_graphs=config.cuda_graphs,
+            compile_config=config.compile,
+        )
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            config.max_batch_size,
+            config.max_num_tokens,
+            eos_token_id=eos,
+            max_seq_len=self.max_seq_len,
+        )
+        self._requests: dict[str, Request] = {}
+        self._generators: dict[str, torch.Generator | None] = {}
+        self._texts: dict[str, str] = {}
+        self._ids = itertools.count()
+
+    @property
+    def report(self):
+        return self.runner.step.report
+
+    def add_request(
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> str:
+        """Queue a request; it joins the running batch at the next step with room for it."""
+        token_ids = self._encode(prompt)
+        request_id = request_id or f"req-{next(self._ids)}"
+        request = Request(request_id, token_ids, params or SamplingParams())
+        self.scheduler.add(request)  # raises ValueError for prompts that can never fit
+        self._requests[request_id] = request
+        self._generators[request_id] = make_generator(request.params, self.runner.device)
+        self._texts[request_id] = ""
+        return request_id
+
+    def _encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("a text prompt needs a tokenizer; pass token ids or give the engine a tokenizer")
+            return self.tokenizer(prompt)["input_ids"]
+        return list(prompt)
+
+    def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+        self._forget(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batched model step; returns an output for every request that advanced."""
+        batch = self.scheduler.schedule()
+        if not batch.sequences:
+            return []
+        logits = self.runner.execute(batch)
+        requests = [seq.request for seq in batch.sequences]
+        tokens = sample(
+            logits,
+            [r.params for r in requests],
+            [self._generators[r.request_id] for r in requests],
+            [r.all_token_ids for r in requests],
+        )
+        self.scheduler.update(batch, tokens.tolist())
+        return [self._output(request) for request in requests]
+
+    def _output(self, request: Request) -> RequestOutput:
+        text, previous = self._texts.get(request.request_id, ""), self._texts.get(request.request_id, "")
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode(request.output_token_ids, skip_special_tokens=True)
+            stop_at = min((i for i in (text.find(s) for s in request.params.stop) if i >= 0), default=-1)
+            if stop_at >= 0 and not request.is_finished:
+                self.scheduler.finish(request.request_id, "stop")
+            if stop_at >= 0:
+                text = text[:stop_at]
+        output = RequestOutput(
+            request.request_id,
+            request.prompt_token_ids,
+            list(request.output_token_ids),
+            text,
+            new_text=text[len(previous) :] if text.startswith(previous) else text,
+            finished=request.is_finished,
+            finish_reason=request.finish_reason,
+        )
+        self._texts[request.request_id] = text
+        if request.is_finished:
+            self._forget(request.request_id)
+        return output
+
+    def _forget(self, request_id: str) -> None:
+        self._requests.pop(request_id, None)
+        self._generators.pop(request_id, None)
+        self._texts.pop(request_id, None)
