@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 from torch._guards import detect_fake_mode
-from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from trtllm_compile.fx_utils import add_constant
 
@@ -27,7 +28,12 @@ def trace_aten(fn, args, fake_mode=None) -> torch.fx.GraphModule:
     """Trace `fn(*args)` to pre-dispatch ATen. With `fake_mode`, `args` are its fake tensors/SymInts."""
     context = fake_mode if fake_mode is not None else contextlib.nullcontext()
     with context, torch.no_grad():
-        return make_fx(fn, pre_dispatch=True)(*args)
+        gm = make_fx(fn, pre_dispatch=True)(*args)
+    if fake_mode is None and not any(isinstance(a, FakeTensor) for a in args):
+        # Real inputs leave each node's value in a fake mode of its own; the pattern matcher needs one shared
+        # mode, as Dynamo and export graphs have.
+        FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*args)
+    return gm
 
 
 @dataclass

@@ -53,15 +53,16 @@ def attention(
     visible = visibility_mask(q.shape[-2], k.shape[-2], is_causal, sliding_window, q.device)
     mask = combined_mask(attn_mask, visible, q.dtype)
     if softcap <= 0.0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        # contiguous: SDPA's output layout depends on the backend it picks; the op's is fixed.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True).contiguous()
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap) * softcap
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+    return (torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v).contiguous()
 
 
 @attention.register_fake
 def _(q, k, v, attn_mask, scale, is_causal=False, sliding_window=-1, softcap=0.0) -> Tensor:
-    return torch.empty_like(q, dtype=v.dtype).expand(*q.shape[:-1], v.shape[-1]).contiguous()
+    return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=v.dtype)

@@ -31,4 +31,5 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
 
 @rope.register_fake
 def _(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
-    return torch.empty_like(x)
+    # A partial rotary concatenates into a fresh contiguous tensor; a full one keeps x's layout.
+    return x.new_empty(x.shape) if cos.shape[-1] < x.shape[-1] else torch.empty_like(x)

@@ -26,8 +26,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 def sdpa_attention(q, k, v, mask=None, scale=None, *, is_causal: bool, kv_heads: str):
     """kv_heads: "gqa" (SDPA's enable_gqa), "repeat_kv" (HF's expand + reshape) or "mha" (equal heads)."""
-    if kv_heads == "repeat_kv":
-        k, v = repeat_kv(k, 2), repeat_kv(v, 2)
+    if kv_heads == "repeat_kv":  # the group size comes from the shapes, so the exact re-check sees the model's
+        k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
     gqa = {"enable_gqa": True} if kv_heads == "gqa" else {}
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, **gqa)
 
@@ -35,7 +35,7 @@ def sdpa_attention(q, k, v, mask=None, scale=None, *, is_causal: bool, kv_heads:
 def eager_attention(q, k, v, mask=None, scale=None, softcap=None, *, repeats_kv: bool, form: str):
     """form: "llama" (fp32 softmax, cast back), "gpt2" (softmax in the input dtype) or "gptj" (fp32 scores)."""
     if repeats_kv:
-        k, v = repeat_kv(k, 2), repeat_kv(v, 2)
+        k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
     if form == "gptj":
         q, k = q.to(torch.float32), k.to(torch.float32)
     scores = torch.matmul(q, k.transpose(2, 3)) * scale
@@ -48,6 +48,7 @@ def eager_attention(q, k, v, mask=None, scale=None, softcap=None, *, repeats_kv:
 
 
 def fused_attention(q, k, v, mask=None, scale=None, softcap=None, *, is_causal: bool = False):
+    scale = scale if scale is not None else q.shape[-1] ** -0.5  # SDPA's default
     return torch.ops.trtllm.attention(q, k, v, mask, scale, is_causal, -1, softcap or 0.0)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from trtllm_compile.fx_utils import aten, is_op, val
+from trtllm_compile.fx_utils import aten, is_op, same_shape, val
 from trtllm_compile.ops.rope import rotate_every_two, rotate_half
 from trtllm_compile.passes.patterns import PatternSet, pattern_set
 from trtllm_compile.passes.registry import Stage, register_pass
@@ -62,6 +62,7 @@ def _fold_partial_rotary(gm: torch.fx.GraphModule) -> int:
     for cat in list(gm.graph.nodes):
         if not is_op(cat, aten.cat.default) or len(cat.args[0]) != 2:
             continue
+        cat_dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
         rotated, passed = cat.args[0]
         if not is_op(rotated, torch.ops.trtllm.rope.default) or not is_op(passed, aten.slice.Tensor):
             continue
@@ -70,7 +71,9 @@ def _fold_partial_rotary(gm: torch.fx.GraphModule) -> int:
             continue
         source = leading[0]
         last_dim = val(source).dim() - 1
-        if cat.args[1] % (last_dim + 1) != last_dim or passed.args[1] % (last_dim + 1) != last_dim:
+        if cat_dim % (last_dim + 1) != last_dim or passed.args[1] % (last_dim + 1) != last_dim:
+            continue
+        if not same_shape(val(cat), val(source)):  # the passed-through slice must run to the end, step 1
             continue
         with gm.graph.inserting_before(cat):
             fused = gm.graph.call_function(torch.ops.trtllm.rope.default, (source, *rotated.args[1:]))

@@ -90,16 +90,18 @@ def _normalize_dims(node: torch.fx.Node) -> None:
 def remove_noop_nodes(graph: torch.fx.Graph) -> int:
     """Remove no-ops and normalize dims; returns how many nodes were removed."""
     removed = 0
+    # Markers first, last to first: an `_exit_autocast` uses its `_enter_autocast`, so the pair goes together.
+    for node in reversed(list(graph.nodes)):
+        if node.op == "call_function" and node.target in _MARKERS and not node.users:
+            graph.erase_node(node)
+            removed += 1
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target in _DIM_ARGS:
             _normalize_dims(node)
         if node.op == "call_function" and node.target == aten.cat.default and _drop_empty_cat_inputs(node):
             removed += 1
             continue
-        if node.op == "call_function" and node.target in _MARKERS and not node.users:
-            graph.erase_node(node)
-            removed += 1
-        elif _is_noop(node):
+        if _is_noop(node):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             removed += 1
