@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--max-new-tokens", type=int, default=32)
     run_parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     run_parser.set_defaults(handler=run)
+
+    from trtllm_compile.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands, _add_model_args)
     return parser
 
 

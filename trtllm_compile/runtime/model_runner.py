@@ -19,6 +19,16 @@ logger = logging.getLogger(__name__)
 CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
+def _cuda_kernels_ready() -> bool:
+    """Register the Triton kernels; without them the reference paged attention syncs and cannot be captured."""
+    from trtllm_compile.kernels import register_cuda_kernels
+
+    if register_cuda_kernels():
+        return True
+    logger.warning("CUDA graphs disabled: the trtllm CUDA kernels need triton (pip install triton)")
+    return False
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -34,7 +44,7 @@ class ModelRunner:
         compile_config: CompileConfig | None = None,
     ):
         self.device = next(model.parameters()).device
-        self.step = build_step_graph(model, max_num_tokens, compile_config)
+        self.step = build_step_graph(model, compile_config)
         self.block_size = block_size
         self.max_blocks_per_seq = math.ceil(max_seq_len / block_size)
         self.num_blocks = num_blocks or self._default_num_blocks(max_batch_size, gpu_memory_fraction)
@@ -50,7 +60,7 @@ class ModelRunner:
             dtype=geometry.dtype,
             device=self.device,
         )
-        self.use_cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.use_cuda_graphs = cuda_graphs and self.device.type == "cuda" and _cuda_kernels_ready()
         self.graph_sizes = [b for b in CUDA_GRAPH_BATCH_SIZES if b <= max_batch_size]
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         logger.info(

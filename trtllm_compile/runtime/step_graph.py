@@ -59,13 +59,15 @@ def sliding_windows(config, num_layers: int) -> tuple[int, ...]:
     return (window,) * num_layers
 
 
-def build_step_graph(model: torch.nn.Module, max_num_tokens: int, config: CompileConfig | None = None) -> StepGraph:
+def build_step_graph(model: torch.nn.Module, config: CompileConfig | None = None) -> StepGraph:
     """Export `model` with a dynamic token count, run every pass stage, and check attention went paged."""
     device = next(model.parameters()).device
     # Two distinct example tensors: export would treat one tensor passed twice as aliased inputs.
     input_ids = torch.zeros(1, 2, dtype=torch.long, device=device)
     position_ids = torch.arange(2, device=device)[None]
-    tokens = torch.export.Dim("tokens", min=1, max=max(max_num_tokens, 2))
+    # Dim.DYNAMIC, not a named range: Hugging Face's mask code adds always-true guards on the token count
+    # (alignment padding on CUDA) that a strict range rejects; the masks are dead after the cache pass anyway.
+    tokens = torch.export.Dim.DYNAMIC
     captured = export_model(_StepModule(model), (input_ids, position_ids), dynamic_shapes=({1: tokens}, {1: tokens}))
     gm = captured.graph_module
     num_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer

@@ -1,0 +1,92 @@
+"""Timing of one system at one batch size: a warm-up run, then the measured one."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Measurement:
+    system: str
+    batch_size: int
+    input_len: int
+    output_len: int
+    seconds: float
+    ttft_ms: float
+    tpot_ms: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.batch_size * self.output_len / self.seconds
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int) -> Measurement:
+    """HF generate on a [batch, input_len] prompt tensor, greedy, exactly `output_len` new tokens."""
+    device = prompts.device
+
+    def generate(n: int):
+        with torch.no_grad():
+            model.generate(
+                prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n, do_sample=False
+            )
+
+    generate(output_len)  # warm-up (for torch.compile: the compilation)
+    first = _timed(lambda: generate(1), device)
+    total = _timed(lambda: generate(output_len), device)
+    batch, input_len = prompts.shape
+    return Measurement(
+        system, batch, input_len, output_len, total, first * 1e3, (total - first) / max(output_len - 1, 1) * 1e3
+    )
+
+
+def measure_engine(llm, prompts: torch.Tensor, output_len: int) -> Measurement:
+    """Our engine: all prompts submitted at once, batched in flight."""
+    from trtllm_compile.runtime.sampling import SamplingParams
+
+    device = prompts.device
+    rows = prompts.tolist()
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    llm.generate(rows, params)  # warm-up: autotuning, CUDA graph capture
+    engine = llm.engine
+    _sync(device)
+    start = time.perf_counter()
+    for row in rows:
+        engine.add_request(row, params)
+    first_token_at, finished = None, 0
+    while finished < len(rows):
+        outputs = engine.step()
+        if first_token_at is None and outputs and all(len(o.token_ids) >= 1 for o in outputs):
+            if engine.scheduler.num_waiting == 0:
+                _sync(device)
+                first_token_at = time.perf_counter()
+        finished += sum(o.finished for o in outputs)
+    _sync(device)
+    total = time.perf_counter() - start
+    ttft = (first_token_at or start) - start
+    batch, input_len = prompts.shape
+    return Measurement(
+        "trtllm", batch, input_len, output_len, total, ttft * 1e3, (total - ttft) / max(output_len - 1, 1) * 1e3
+    )

@@ -1,0 +1,54 @@
+"""Random-weight models of published shapes, created directly on the target device (no hub, no disk)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+SHAPES: dict[str, tuple[str, dict]] = {
+    "llama-2-7b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+        ),
+    ),
+    "llama-3-8b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            rope_theta=500000.0,
+            max_position_embeddings=8192,
+        ),
+    ),
+    "gptj-6b": (
+        "GPTJConfig",
+        dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, vocab_size=50400, n_positions=2048),
+    ),
+}
+
+
+def random_model(shape: str, dtype: torch.dtype, device: str | torch.device, num_layers: int | None = None):
+    """A model of `shape` with random weights (std 0.02) made on `device`; `num_layers` cuts it shorter."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
+    config_class, fields = SHAPES[shape]
+    config = getattr(transformers, config_class)(**fields)
+    if num_layers is not None:
+        config.num_hidden_layers = num_layers
+    config.eos_token_id = None  # random weights never stop on their own: every request runs its full length
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model.eval()
