@@ -16,7 +16,7 @@ from trtllm_compile.runtime.step_graph import build_step_graph
 
 logger = logging.getLogger(__name__)
 
-CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 def _cuda_kernels_ready() -> bool:
