@@ -111,11 +111,13 @@ class LLMEngine:
             return []
         logits = self.runner.execute(batch)
         requests = [seq.request for seq in batch.sequences]
+        params = [r.params for r in requests]
+        penalized = any(p.repetition_penalty != 1.0 for p in params)  # only then does sampling need history
         tokens = sample(
             logits,
-            [r.params for r in requests],
+            params,
             [self._generators[r.request_id] for r in requests],
-            [r.all_token_ids for r in requests],
+            [r.all_token_ids for r in requests] if penalized else None,
         )
         self.scheduler.update(batch, tokens.tolist())
         return [self._output(request) for request in requests]
