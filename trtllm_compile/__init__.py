@@ -5,8 +5,12 @@ from trtllm_compile.backend import last_report, trtllm_backend
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.models import load_default_model, load_model
 from trtllm_compile.report import CompileReport
+from trtllm_compile.runtime.llm import LLM
+from trtllm_compile.runtime.sampling import SamplingParams
 
 __all__ = [
+    "LLM",
+    "SamplingParams",
     "CompileConfig",
     "CompileReport",
     "compile",
