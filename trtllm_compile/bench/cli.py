@@ -56,6 +56,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from trtllm_compile.models import load_model
     from trtllm_compile.runtime.llm import LLM
 
+    peers = [] if args.compare == "none" else [p.strip() for p in args.compare.split(",")]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:  # checked before loading anything: a 7B model takes a while to build
+        raise ValueError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)} or none")
     dtype = DTYPES[args.dtype]
     if args.config:
         model, tokenizer = random_model(args.config, dtype, args.device, args.num_layers), None
@@ -65,10 +69,6 @@ def run_bench(args: argparse.Namespace) -> int:
     sizes = [s.strip() for s in args.batch_sizes.split(",")]
     numeric = [int(s) for s in sizes if s != "max"]
     peer_sizes = [int(s) for s in args.peer_batch_sizes.split(",")] if args.peer_batch_sizes else numeric
-    peers = [] if args.compare == "none" else [p.strip() for p in args.compare.split(",")]
-    unknown = sorted(set(peers) - set(PEERS))
-    if unknown:
-        raise ValueError(f"unknown peer(s) {unknown}; choose from {PEERS}")
 
     results: list[Measurement] = []
     for peer in peers:
