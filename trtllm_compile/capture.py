@@ -110,6 +110,18 @@ def export_model(
     return CapturedGraph(gm, list(range(len(live))), len(live))
 
 
+class CausalLMStep(torch.nn.Module):
+    """input_ids, position_ids -> logits of a Hugging Face causal LM, without a cache: the step that the
+    runtime and the TensorRT target export (their CACHE passes add the cache to the graph)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
 def _drop_export_metadata(gm: torch.fx.GraphModule) -> None:
     """Make an exported graph module callable with flat positional inputs, like a Dynamo graph."""
     gm.graph._codegen = torch.fx.graph.CodeGen()

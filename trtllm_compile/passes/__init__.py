@@ -19,6 +19,7 @@ from trtllm_compile.passes import (  # noqa: F401
     fuse_add_norm,
     insert_paged_attention,
     select_logits,
+    insert_kv_cache_tensorrt,
 )
 from trtllm_compile.passes.registry import (
     GRAPH_STAGES,

@@ -13,22 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from trtllm_compile.capture import export_model
+from trtllm_compile.capture import CausalLMStep, export_model
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.fx_utils import is_op, val
 from trtllm_compile.passes import run_passes
 from trtllm_compile.report import CompileReport
 
 logger = logging.getLogger(__name__)
-
-
-class _StepModule(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ def build_step_graph(model: torch.nn.Module, config: CompileConfig | None = None
     # Dim.DYNAMIC, not a named range: Hugging Face's mask code adds always-true guards on the token count
     # (alignment padding on CUDA) that a strict range rejects; the masks are dead after the cache pass anyway.
     tokens = torch.export.Dim.DYNAMIC
-    captured = export_model(_StepModule(model), (input_ids, position_ids), dynamic_shapes=({1: tokens}, {1: tokens}))
+    captured = export_model(CausalLMStep(model), (input_ids, position_ids), dynamic_shapes=({1: tokens}, {1: tokens}))
     gm = captured.graph_module
     num_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
     config = config or CompileConfig()
