@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trtllm_compile.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(commands, _add_model_args)
+
+    from trtllm_compile.tensorrt.cli import add_build_parser
+
+    add_build_parser(commands)
     return parser
 
 
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
