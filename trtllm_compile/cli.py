@@ -81,9 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    from trtllm_compile.tensorrt.runtime import TensorRTRuntimeUnavailableError
+    from trtllm_compile.tensorrt.trt import TensorRTUnavailableError
+
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as error:
+    except (
+        FileNotFoundError,
+        ValueError,
+        NotImplementedError,  # includes a missing TensorRT converter
+        TensorRTUnavailableError,
+        TensorRTRuntimeUnavailableError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
