@@ -16,4 +16,5 @@ def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_then_cache():
         (Stage.CACHE, "insert_paged_attention"),
         (Stage.CACHE, "select_logits"),
         (Stage.CACHE, "insert_kv_cache_tensorrt"),
+        (Stage.LOWER, "lower_linear"),
     ]

@@ -34,7 +34,7 @@ def register_cuda_kernels() -> bool:
         logger.warning("triton is not installed: trtllm ops run their PyTorch references on CUDA (pip install triton)")
         return False
     import trtllm_compile.ops  # noqa: F401  (defines the ops)
-    from trtllm_compile.kernels import activation, cached_attention, norm, rope
+    from trtllm_compile.kernels import activation, cached_attention, gemv, norm, rope
 
     for name, fn in {
         "trtllm::rms_norm": norm.rms_norm,
@@ -42,6 +42,7 @@ def register_cuda_kernels() -> bool:
         "trtllm::rope": rope.rope,
         "trtllm::mlp_activation": activation.mlp_activation,
         "trtllm::paged_attention": cached_attention.paged_attention,
+        "trtllm::linear": gemv.linear,
     }.items():
         torch.library.register_kernel(name, "cuda", fn)
     _registered = True

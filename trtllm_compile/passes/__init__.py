@@ -20,6 +20,7 @@ from trtllm_compile.passes import (  # noqa: F401
     insert_paged_attention,
     select_logits,
     insert_kv_cache_tensorrt,
+    lower_linear,
 )
 from trtllm_compile.passes.registry import (
     GRAPH_STAGES,

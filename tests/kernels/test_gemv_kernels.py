@@ -1,0 +1,217 @@
+"""Skinny-GEMM kernels (kernels/gemv.py) against F.linear, and `trtllm::linear`'s dispatch on CUDA.
+
+Tolerance: the kernels accumulate in fp32 and round once to the output dtype (after adding the bias in fp32),
+as cuBLAS does; only the summation order differs (fp32 error ~1e-6 at these sizes, outputs ~N(0, 1) because
+the weights are scaled by 1/sqrt(K)). So against the fp32 reference rounded to the dtype the results differ by
+at most one ulp: the "elementwise" tolerance of conftest.py (one ulp of the output dtype, plus the
+interpreter's truncating bf16 cast on CPU). Against cuBLAS's bf16 GEMM, which rounds its own fp32 sum, two
+ulps (GEMM_VS_CUBLAS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import trtllm_compile.ops.linear  # noqa: F401  (registers torch.ops.trtllm.linear)
+
+GEMM_VS_CUBLAS = {torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 1.6e-2)}  # (atol, rtol): two ulps
+LLAMA_2_7B = {  # name: (N, K) of the weight, after fuse_gemms (Q/K/V and gate/up concatenated)
+    "qkv": (12288, 4096),
+    "o": (4096, 4096),
+    "gate_up": (22016, 4096),
+    "down": (4096, 11008),
+    "lm_head": (32000, 4096),
+}
+ROWS = [1, 2, 4, 8, 16]
+
+
+def _inputs(m: int, n: int, k: int, dtype, device, bias: bool = False, row_stride: int | None = None):
+    """x [m, k] (a view with row stride `row_stride` if given), weight [n, k] ~ N(0, 1/k), optional bias."""
+    gen = torch.Generator().manual_seed(m * 7919 + n + k)
+    x = torch.randn(m, row_stride or k, generator=gen)[:, :k]
+    weight = torch.randn(n, k, generator=gen) / math.sqrt(k)
+    b = torch.randn(n, generator=gen) if bias else None
+    to = dict(device=device, dtype=dtype)
+    x = x.to(**to) if row_stride is None else torch.empty(m, row_stride, **to)[:, :k].copy_(x)
+    return x, weight.to(**to), b.to(**to) if bias else None
+
+
+def _fp32_reference(x, weight, bias):
+    b = bias.float() if bias is not None else None
+    return F.linear(x.float(), weight.float(), b).to(x.dtype)
+
+
+# ---------------------------------------------------------------- CPU: Triton's interpreter, tiny shapes
+
+SMALL_PLANS = {  # small tiles so the interpreter runs fast; every path: fma, fma prefetch, split-K, dot
+    "fma": dict(path="fma", block_n=4, block_k=64, num_warps=1),
+    "fma_prefetch": dict(path="fma", block_n=4, block_k=64, num_warps=1, num_stages=2),
+    "fma_split3_prefetch": dict(path="fma", block_n=8, block_k=32, split_k=3, num_stages=2),
+    "dot": dict(path="dot", block_n=16, block_k=32),
+    "dot_split2": dict(path="dot", block_n=32, block_k=64, split_k=2),
+}
+
+
+@pytest.mark.parametrize("k", [200, 256], ids=["k200", "k256"])  # 200: a partial last K tile
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 16])
+@pytest.mark.parametrize("plan", list(SMALL_PLANS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_gemv_interpreted(interpreted, assert_matches, dtype, plan, m, k):
+    gemv = interpreted("gemv")
+    plan = gemv.Plan(**SMALL_PLANS[plan])
+    if plan.path == "fma" and m > 4:
+        pytest.skip("the fma path takes at most 4 rows")
+    x, weight, bias = _inputs(m, 40, k, dtype, "cpu", bias=m % 2 == 1)  # N = 40: a partial last N tile
+    assert_matches(gemv.gemv(x, weight, bias, plan=plan), _fp32_reference(x, weight, bias))
+
+
+def test_linear_interpreted_strided_rows_and_leading_dims(interpreted, assert_matches):
+    gemv = interpreted("gemv")
+    x, weight, bias = _inputs(6, 48, 256, torch.bfloat16, "cpu", bias=True, row_stride=320)
+    x = x.view(2, 3, 256)  # rows of a wider buffer, with leading dims: [2, 3, K] with row stride 320
+    assert not x.is_contiguous() and gemv.supports(x, weight, bias)
+    out = gemv.linear(x, weight, bias)  # the default plan of the 8-row bucket
+    assert out.shape == (2, 3, 48)
+    assert_matches(out, _fp32_reference(x, weight, bias))
+
+
+def test_linear_interpreted_falls_back_to_f_linear(interpreted):
+    gemv = interpreted("gemv")
+    x, weight, _ = _inputs(17, 8, 32, torch.bfloat16, "cpu")
+    assert not gemv.supports(x, weight, None)  # 17 rows: cuBLAS's shape
+    assert torch.equal(gemv.linear(x, weight), F.linear(x, weight))
+    assert not gemv.supports(x[:4].float(), weight.float(), None)  # fp32: no GEMV path
+    assert not gemv.supports(x[:4], weight.t().contiguous().t(), None)  # weight without contiguous rows
+    with pytest.raises(ValueError, match="at most 4 rows"):
+        gemv.gemv(x[:5], weight, plan=gemv.Plan("fma", 4, 64))
+
+
+def test_tuner_times_plans_in_cuda_graphs_and_falls_back_to_eager(interpreted, monkeypatch):
+    gemv = interpreted("gemv")
+    plans, ran = gemv.CANDIDATES[1], []
+    monkeypatch.setattr(gemv, "_launch", lambda x2, weight, bias, y2, plan: ran.append(plan))
+    monkeypatch.setattr(gemv, "tuning_log", {})
+    x, weight, _ = _inputs(1, 8, 64, torch.bfloat16, "cpu")
+    args = ((1, 8, 64, torch.bfloat16, x.device), x, weight, None, torch.empty(1, 8, dtype=torch.bfloat16))
+
+    def graph_ms(fn, device):
+        fn()
+        if ran[-1] == plans[0]:
+            raise RuntimeError("this plan cannot be captured")  # skipped, although it would be fastest
+        return 1.0 if ran[-1] == plans[2] else 2.0
+
+    monkeypatch.setattr(gemv, "_graph_ms", graph_ms)
+    monkeypatch.setattr(gemv, "_bench_ms", lambda fn: pytest.fail("eager timing while CUDA graphs work"))
+    assert gemv._tune(*args) == plans[2]
+    assert len(gemv.tuning_log[args[0]]) == len(plans) - 1
+
+    def no_graphs(fn, device):
+        raise RuntimeError("CUDA graphs unavailable")
+
+    def bench_ms(fn):
+        fn()
+        return 0.5 if ran[-1] == plans[1] else 1.0
+
+    monkeypatch.setattr(gemv, "_graph_ms", no_graphs)
+    monkeypatch.setattr(gemv, "_bench_ms", bench_ms)
+    assert gemv._tune(*args) == plans[1]
+
+
+# ---------------------------------------------------------------- GPU: Llama-2-7B shapes
+
+
+@pytest.fixture
+def gemv_gpu():
+    from trtllm_compile.kernels import gemv
+
+    return gemv
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", ROWS)
+@pytest.mark.parametrize("shape", list(LLAMA_2_7B))
+def test_gemv_gpu_llama_2_7b(gemv_gpu, assert_matches, shape, m):
+    n, k = LLAMA_2_7B[shape]
+    x, weight, _ = _inputs(m, n, k, torch.bfloat16, "cuda")
+    out = gemv_gpu.linear(x, weight)  # the bucket's default plan (tests run with TRTLLM_TRITON_AUTOTUNE=0)
+    assert_matches(out, _fp32_reference(x, weight, None))
+    atol, rtol = GEMM_VS_CUBLAS[x.dtype]
+    torch.testing.assert_close(out, F.linear(x, weight), atol=atol, rtol=rtol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16])
+def test_every_candidate_plan_gpu(gemv_gpu, assert_matches, m):
+    """The tuner may pick any candidate: each one is checked (partial K tiles: the default-plan tests and the
+    interpreter tests)."""
+    n, k = LLAMA_2_7B["o"]
+    x, weight, _ = _inputs(m, n, k, torch.bfloat16, "cuda")
+    expected = _fp32_reference(x, weight, None)
+    for plan in gemv_gpu.CANDIDATES[gemv_gpu.row_bucket(m)]:
+        out = gemv_gpu.gemv(x, weight, plan=plan)
+        if plan.path == "cublas":  # rounds its own fp32 sum: checked against F.linear's result
+            atol, rtol = GEMM_VS_CUBLAS[x.dtype]
+            torch.testing.assert_close(out, F.linear(x, weight), atol=atol, rtol=rtol)
+        else:
+            assert_matches(out, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("plan", ["fma", "fma_split", "dot", "dot_split", "cublas"])
+def test_gemv_gpu_bias_and_strided_rows(gemv_gpu, assert_matches, plan, dtype):
+    plans = {
+        "fma": gemv_gpu.Plan("fma", 4, 1024, num_stages=2),
+        "fma_split": gemv_gpu.Plan("fma", 2, 1024, split_k=3),
+        "dot": gemv_gpu.Plan("dot", 32, 256),
+        "dot_split": gemv_gpu.Plan("dot", 64, 128, split_k=4),
+        "cublas": gemv_gpu.CUBLAS,
+    }
+    m = 3 if plans[plan].path == "fma" else 11
+    x, weight, bias = _inputs(m, 1000, 2880, dtype, "cuda", bias=True, row_stride=3 * 2880)  # a fused QKV row
+    out = gemv_gpu.gemv(x, weight, bias, plan=plans[plan])
+    if plan == "cublas":
+        atol, rtol = GEMM_VS_CUBLAS[dtype]
+        torch.testing.assert_close(out, F.linear(x, weight, bias), atol=atol, rtol=rtol)
+    else:
+        assert_matches(out, _fp32_reference(x, weight, bias))
+
+
+@pytest.mark.gpu
+def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matches, monkeypatch):
+    monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
+    n, k = LLAMA_2_7B["o"]
+    x, weight, _ = _inputs(2, n, k, torch.bfloat16, "cuda")
+    gemv_gpu.linear(x, weight)  # tunes (and caches) the plan of the 2-row bucket outside the capture
+    assert (2, n, k, torch.bfloat16, x.device) in gemv_gpu._plans
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gemv_gpu.linear(x, weight)
+    x.copy_(torch.randn_like(x))  # new inputs, replayed without host work
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_matches(out, _fp32_reference(x, weight, None))
+
+
+@pytest.mark.gpu
+def test_trtllm_linear_dispatches_by_rows_gpu(cuda_ops, assert_matches, monkeypatch):
+    from trtllm_compile.kernels import gemv
+
+    launches = []
+    launch = gemv._launch
+    monkeypatch.setattr(gemv, "_launch", lambda *args: launches.append(args[0].shape[0]) or launch(*args))
+    n, k = LLAMA_2_7B["qkv"]
+    for m, uses_gemv in ((1, True), (16, True), (17, False)):
+        x, weight, bias = _inputs(m, n, k, torch.bfloat16, "cuda", bias=True)
+        launches.clear()
+        out = cuda_ops.linear(x.view(1, m, k), weight, bias)
+        assert out.shape == (1, m, n)
+        assert launches == ([m] if uses_gemv else []), (
+            'trtllm::linear did not reach kernels/gemv.py: register_cuda_kernels() needs "trtllm::linear": gemv.linear'
+        )
+        atol, rtol = GEMM_VS_CUBLAS[x.dtype]
+        torch.testing.assert_close(out.view(m, n), F.linear(x, weight, bias), atol=atol, rtol=rtol)

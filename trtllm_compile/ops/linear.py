@@ -1,0 +1,24 @@
+"""GEMMs of the runtime's step graph: `trtllm::linear`, which `passes/lower_linear.py` puts where a frozen
+weight feeds `aten.linear`.
+
+The body is `F.linear` (the reference, and what runs on CPU). The `cuda` target's kernel
+(`trtllm_compile.kernels.gemv.linear`) runs decode-sized inputs (at most 16 rows, fp16/bf16) on a Triton GEMV
+that streams the weight faster than cuBLAS does at those shapes, and everything else on `F.linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.library.custom_op("trtllm::linear", mutates_args=())
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias, with weight [N, K] and x [..., K] (`F.linear`)."""
+    return F.linear(x, weight, bias)
+
+
+@linear.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
