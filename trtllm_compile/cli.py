@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trtllm_compile.tensorrt.cli import add_build_parser
 
     add_build_parser(commands)
+    __import__("trtllm_compile.serve.cli", fromlist=["add_parsers"]).add_parsers(commands, _add_model_args)
     return parser
 
 
