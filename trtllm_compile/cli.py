@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trtllm_compile.tensorrt.cli import add_build_parser
 
     add_build_parser(commands)
-    __import__("trtllm_compile.serve.cli", fromlist=["add_parsers"]).add_parsers(commands, _add_model_args)
+
+    from trtllm_compile.serve.cli import add_parsers as add_serve_parsers
+
+    add_serve_parsers(commands, _add_model_args)
     return parser
 
 

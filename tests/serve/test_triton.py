@@ -1,0 +1,164 @@
+"""`trtllm-compile triton` starts a real Triton Inference Server (PyTriton, CPU) serving two models at once;
+tritonclient gets batched and streamed answers over gRPC, and Triton's HTTP generate / generate_stream work.
+
+Needs the PyTriton environment (`trtllm-compile triton --setup`: PyTriton 0.7.0 needs numpy < 2); skipped
+with that hint where it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import transformers
+
+from trtllm_compile.models import default_model_dir
+from trtllm_compile.serve.triton import triton_venv
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3,"]
+MAX_TOKENS = 8
+START_TIMEOUT_S = 600  # two models loaded and fused on a shared 2-core CPU
+PYTHON = triton_venv() / "bin" / "python"
+
+
+def _venv_ready() -> bool:
+    if not PYTHON.exists():
+        return False
+    check = [str(PYTHON), "-c", "import pytriton, tritonclient.grpc"]
+    return subprocess.run(check, capture_output=True, timeout=120).returncode == 0
+
+
+if not _venv_ready():
+    pytest.skip(f"no PyTriton environment at {PYTHON}: run `trtllm-compile triton --setup`", allow_module_level=True)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _tiny_model(folder: Path, tokenizer) -> Path:
+    """A second model to serve beside SmolLM2: 2 random-weight Llama layers over SmolLM2's tokenizer."""
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=None,
+    )
+    transformers.set_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def triton_server(smollm2, tmp_path_factory):
+    _, tokenizer = smollm2
+    tiny = _tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", tokenizer)
+    http, grpc, metrics = _free_ports(3)
+    command = [sys.executable, "-m", "trtllm_compile.cli", "triton", str(default_model_dir()), str(tiny)]
+    command += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    command += ["--max-batch-size", "8", "--max-num-tokens", "256", "--num-blocks", "64", "--instances", "2"]
+    log = open(tmp_path_factory.mktemp("logs") / "triton.log", "w+")  # noqa: SIM115 (closed at teardown)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http}"
+    names = [default_model_dir().name, tiny.name]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _models_ready(url, names):  # bounded by the deadline or the process exiting
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"Triton did not come up (exit {process.poll()}):\n{log.read()[-4000:]}")
+            time.sleep(1.0)
+        yield url, f"127.0.0.1:{grpc}", names
+    finally:
+        process.send_signal(signal.SIGINT)  # PyTriton's clean stop: Triton exits, shared memory is released
+        try:
+            assert process.wait(120) == 0
+            leftovers = [p.name for p in Path("/dev/shm").glob(f"pytrtion{process.pid}-*")]  # PyTriton's spelling
+            assert not leftovers, f"shared memory left behind: {leftovers}"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
+
+
+def _models_ready(url: str, names: list[str]) -> bool:
+    try:
+        return all(
+            httpx.get(f"{url}/v2/models/{name}{suffix}/ready", timeout=5).status_code == 200
+            for name in names
+            for suffix in ("", "_stream")
+        )
+    except httpx.HTTPError:
+        return False
+
+
+def _grpc(grpc_url: str, model: str) -> dict:
+    client = Path(__file__).with_name("triton_grpc_client.py")
+    command = [str(PYTHON), str(client), grpc_url, model, str(MAX_TOKENS), *PROMPTS]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT_S, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("model_index", [0, 1], ids=["smollm2", "tiny-llama"])
+def test_grpc_batched_and_streamed_answers_agree(triton_server, model_index):
+    _, grpc_url, names = triton_server
+    answers = _grpc(grpc_url, names[model_index])
+    batched = [a["text"] for a in answers["batched"]]
+    assert all(a["finish_reason"] in ("stop", "length") for a in answers["batched"])
+    assert ["".join(chunks) for chunks in answers["streamed"]] == batched  # greedy: same text either way
+    assert all(len(chunks) > 1 for chunks in answers["streamed"])  # really streamed, token by token
+    if model_index == 0:
+        assert batched[0].startswith(" Paris")
+
+
+def test_one_shot_model_batches_dynamically_and_stream_model_is_decoupled(triton_server):
+    url, _, names = triton_server
+    for name in names:
+        one_shot = httpx.get(f"{url}/v2/models/{name}/config", timeout=30).json()
+        stream = httpx.get(f"{url}/v2/models/{name}_stream/config", timeout=30).json()
+        assert "dynamic_batching" in one_shot and one_shot["max_batch_size"] == 8
+        assert stream["model_transaction_policy"]["decoupled"] is True
+
+
+def test_http_generate_and_generate_stream(triton_server):
+    url, _, names = triton_server
+    body = {"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0}
+    whole = httpx.post(f"{url}/v2/models/{names[0]}/generate", json=body, timeout=START_TIMEOUT_S).json()
+    pieces = []
+    with httpx.stream("POST", f"{url}/v2/models/{names[0]}_stream/generate_stream", json=body, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                pieces.append(json.loads(line[6:])["text_output"])
+    assert "".join(pieces) == whole["text_output"] and len(pieces) > 1
+    assert whole["finish_reason"] == "length" and whole["num_tokens"] == MAX_TOKENS
+
+
+def test_bad_request_is_answered_without_failing_the_server(triton_server):
+    url, _, names = triton_server
+    body = {"text_input": "Hi", "max_tokens": 10**6}
+    answer = httpx.post(f"{url}/v2/models/{names[0]}/generate", json=body, timeout=300).json()
+    assert answer["finish_reason"].startswith("error: max_tokens")
+    assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
