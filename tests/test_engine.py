@@ -110,3 +110,22 @@ def test_model_whose_attention_does_not_fuse_gets_a_clear_runtime_error():
     config = transformers.BloomConfig(vocab_size=256, hidden_size=64, n_layer=2, n_head=4)
     with pytest.raises(NotImplementedError, match="every attention layer fused"):
         LLM(transformers.BloomForCausalLM(config).eval())
+
+
+class _ByteTokenizer:
+    """Token i is byte i: a multi-byte character spans tokens, as with byte-level BPE."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_streamed_deltas_hold_back_half_decoded_characters():
+    model = _model("llama")
+    engine = LLMEngine(model, _ByteTokenizer(), EngineConfig(max_batch_size=2, max_num_tokens=64))
+    request_id = engine.add_request([1, 2, 3], SamplingParams(max_tokens=3, temperature=0.0))
+    request = engine._requests[request_id]
+    deltas = []
+    for token in "é!".encode():  # two bytes of é, then '!'
+        request.output_token_ids.append(token)
+        deltas.append(engine._output(request).new_text)
+    assert deltas == ["", "é", "!"]

@@ -123,7 +123,7 @@ class LLMEngine:
         return [self._output(request) for request in requests]
 
     def _output(self, request: Request) -> RequestOutput:
-        text, previous = self._texts.get(request.request_id, ""), self._texts.get(request.request_id, "")
+        text = previous = self._texts.get(request.request_id, "")
         if self.tokenizer is not None:
             text = self.tokenizer.decode(request.output_token_ids, skip_special_tokens=True)
             stop_at = min((i for i in (text.find(s) for s in request.params.stop) if i >= 0), default=-1)
@@ -131,16 +131,19 @@ class LLMEngine:
                 self.scheduler.finish(request.request_id, "stop")
             if stop_at >= 0:
                 text = text[:stop_at]
+        # A token that ends mid-character decodes to U+FFFD until the next token completes it: stream only
+        # settled text, so the deltas concatenate to the final text.
+        settled = text if request.is_finished else text.rstrip("\ufffd")
         output = RequestOutput(
             request.request_id,
             request.prompt_token_ids,
             list(request.output_token_ids),
             text,
-            new_text=text[len(previous) :] if text.startswith(previous) else text,
+            new_text=settled[len(previous) :],
             finished=request.is_finished,
             finish_reason=request.finish_reason,
         )
-        self._texts[request.request_id] = text
+        self._texts[request.request_id] = settled
         if request.is_finished:
             self._forget(request.request_id)
         return output
