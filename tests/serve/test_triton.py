@@ -162,3 +162,38 @@ def test_bad_request_is_answered_without_failing_the_server(triton_server):
     answer = httpx.post(f"{url}/v2/models/{names[0]}/generate", json=body, timeout=300).json()
     assert answer["finish_reason"].startswith("error: max_tokens")
     assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+
+
+BIND_RETRY_CHECK = """
+import pathlib, sys, tempfile
+from tritonclient.utils import InferenceServerException
+from trtllm_compile.serve import triton as deploy
+
+class FakeTriton:  # fails the first load like PyTriton's handshake race, then loads
+    def __init__(self, failures):
+        self.failures, self.calls = failures, 0
+        self._workspace = type("W", (), {"path": pathlib.Path(tempfile.mkdtemp())})()
+        self._model_manager = type("M", (), {"_models": {}})()
+    def bind(self, name, *args, **kwargs):
+        self.calls += 1
+        self._model_manager._models[(name.lower(), 1)] = object()
+        (self._workspace.path / f"{name}-config.sock").touch()
+        if self.calls <= self.failures:
+            raise InferenceServerException("load failed: get_config_from_handshake_server: Connection refused")
+
+raced = FakeTriton(failures=1)
+deploy._bind(raced, "m")
+assert raced.calls == 2 and list(raced._model_manager._models) == [("m", 1)]
+hopeless = FakeTriton(failures=deploy.BIND_ATTEMPTS)
+try:
+    deploy._bind(hopeless, "m")
+    sys.exit("no error after every attempt failed")
+except InferenceServerException:
+    assert hopeless.calls == deploy.BIND_ATTEMPTS
+print("ok")
+"""
+
+
+def test_bind_retries_pytritons_instance_handshake_race():
+    done = subprocess.run([str(PYTHON), "-c", BIND_RETRY_CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-4000:]

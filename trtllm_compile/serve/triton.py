@@ -212,6 +212,31 @@ def serve_triton(args: argparse.Namespace) -> int:
     return _run(args)
 
 
+BIND_ATTEMPTS = 3
+
+
+def _bind(triton, name: str, *args, **kwargs) -> None:
+    """`triton.bind`, retried when PyTriton 0.7's instance handshake races.
+
+    Triton starts a model's instances in parallel; PyTriton's second instance dials the first one's handshake
+    socket as soon as the socket file exists, which is between the first one's bind() and listen(), so on a busy
+    machine the load fails with "Connection refused". Loading the same model again is safe: PyTriton has no
+    unbind, so the failed model is dropped from its registry first, and its stale socket file with it.
+    """
+    from tritonclient.utils import InferenceServerException
+
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        try:
+            triton.bind(name, *args, **kwargs)
+            return
+        except InferenceServerException as error:
+            if "handshake" not in str(error) or attempt == BIND_ATTEMPTS:
+                raise
+            logger.warning("loading %s raced in PyTriton's instance handshake; retrying (%d)", name, attempt)
+            triton._model_manager._models.pop((name.lower(), 1), None)
+            (triton._workspace.path / f"{name}-config.sock").unlink(missing_ok=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -253,9 +278,9 @@ def _run(args: argparse.Namespace) -> int:
                 max_batch_size=args.max_batch_size, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)
             )
             # Several instances: each runs one dynamic batch at a time, and the engine batches them all in flight.
-            triton.bind(name, [model.generate] * args.instances, inputs, outputs, config=batch, strict=True)
+            _bind(triton, name, [model.generate] * args.instances, inputs, outputs, config=batch, strict=True)
             stream = ModelConfig(batching=False, decoupled=True)
-            triton.bind(f"{name}_stream", [model.generate_stream] * args.instances, inputs, outputs, config=stream)
+            _bind(triton, f"{name}_stream", [model.generate_stream] * args.instances, inputs, outputs, config=stream)
             print(f"model {name}: one-shot `{name}`, streaming `{name}_stream`", flush=True)
         print(
             f"Triton on {host}: HTTP {args.http_port}, gRPC {args.grpc_port}, metrics {args.metrics_port}", flush=True
