@@ -1,7 +1,7 @@
 from trtllm_compile.passes import Stage, registered_passes
 
 
-def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_then_cache():
+def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_quantize_shard_then_cache():
     assert [(spec.stage, spec.name) for spec in registered_passes()] == [
         (Stage.CANONICALIZE, "remove_noops"),
         (Stage.CANONICALIZE, "canonicalize_gelu"),
@@ -13,6 +13,9 @@ def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_then_cache():
         (Stage.MATCH, "match_mlp"),
         (Stage.FUSE, "fuse_gemms"),
         (Stage.FUSE, "fuse_add_rms_norm"),
+        (Stage.QUANTIZE, "quantize_linear"),
+        (Stage.QUANTIZE, "quantize_kv_cache"),
+        (Stage.SHARD, "shard_tensor_parallel"),
         (Stage.CACHE, "insert_paged_attention"),
         (Stage.CACHE, "select_logits"),
         (Stage.CACHE, "insert_kv_cache_tensorrt"),

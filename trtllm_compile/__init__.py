@@ -4,6 +4,15 @@ from trtllm_compile.api import compile, explain
 from trtllm_compile.backend import last_report, trtllm_backend
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.models import load_default_model, load_model
+from trtllm_compile.parallel import TensorParallelConfig
+from trtllm_compile.quantization import (
+    QuantConfig,
+    calibrate,
+    evaluate_perplexity,
+    load_quantized,
+    quantize,
+    save_quantized,
+)
 from trtllm_compile.report import CompileReport
 from trtllm_compile.runtime.llm import LLM
 from trtllm_compile.runtime.sampling import SamplingParams
@@ -13,10 +22,17 @@ __all__ = [
     "SamplingParams",
     "CompileConfig",
     "CompileReport",
+    "QuantConfig",
+    "TensorParallelConfig",
+    "calibrate",
     "compile",
+    "evaluate_perplexity",
     "explain",
     "last_report",
     "load_default_model",
     "load_model",
+    "load_quantized",
+    "quantize",
+    "save_quantized",
     "trtllm_backend",
 ]

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trtllm_compile.serve.cli import add_parsers as add_serve_parsers
 
     add_serve_parsers(commands, _add_model_args)
+
+    from trtllm_compile.quantization.cli import add_parsers as add_quantization_parsers
+
+    add_quantization_parsers(commands)
     return parser
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trtllm_compile.parallel.config import TensorParallelConfig
+    from trtllm_compile.quantization.config import QuantConfig
 
 
 @dataclass(frozen=True)
@@ -12,10 +17,14 @@ class CompileConfig:
     disable_passes: names of registered passes to skip (see `trtllm_compile.passes.registered_passes()`).
     sliding_windows: per attention layer in graph order, its sliding window (-1: full attention). Graph passes
         cannot see it (Hugging Face folds it into the mask), so the runtime reads it from the model config.
+    quantization: a calibrated `QuantConfig` for the QUANTIZE passes (see `trtllm_compile.quantization`).
+    tensor_parallel: this rank's `TensorParallelConfig` for the SHARD pass (set by the tensor-parallel runtime).
     """
 
     disable_passes: frozenset[str] = field(default_factory=frozenset)
     sliding_windows: tuple[int, ...] = ()
+    quantization: QuantConfig | None = None
+    tensor_parallel: TensorParallelConfig | None = None
 
     @classmethod
     def from_options(cls, options: dict | None) -> CompileConfig:

@@ -5,7 +5,7 @@ every kernel is tested against) with a fake kernel for tracing. The `cuda` targe
 same ops (`trtllm_compile.kernels`), so a fused graph runs unchanged on either device.
 """
 
-from trtllm_compile.ops import attention, linear, mlp, norm, paged_attention, rope  # noqa: F401  (registers the ops)
+from trtllm_compile.ops import attention, linear, mlp, norm, paged_attention, quant, rope  # noqa: F401  (registers ops)
 from trtllm_compile.ops.families import FAMILY_OF_OP, family_of
 
 __all__ = ["FAMILY_OF_OP", "family_of"]

@@ -30,6 +30,8 @@ class EngineConfig:
     gpu_memory_fraction: float = 0.9
     cuda_graphs: bool = True
     compile: CompileConfig = field(default_factory=CompileConfig)
+    tensor_parallel_size: int = 1  # ranks (one GPU each; gloo processes on CPU); see parallel/launch.py
+    build_in_turn: bool = False  # tensor parallel: ranks build their shards one at a time (host memory)
 
 
 @dataclass
@@ -44,12 +46,23 @@ class RequestOutput:
 
 
 class LLMEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer=None, config: EngineConfig | None = None):
+    """`model_source` / `device_type`, with `tensor_parallel_size` > 1: how the spawned ranks get the model (the
+    module itself by default, a picklable factory, or a folder) and the device kind they run on (see
+    `parallel.launch.start_group`); this process is rank 0 and drives them. `close()` stops them."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer=None,
+        config: EngineConfig | None = None,
+        *,
+        model_source=None,
+        device_type: str | None = None,
+    ):
         self.config = config = config or EngineConfig()
         self.tokenizer = tokenizer
         self.max_seq_len = min(config.max_num_tokens, getattr(model.config, "max_position_embeddings", 1 << 30))
-        self.runner = ModelRunner(
-            model,
+        runner_kwargs = dict(
             max_batch_size=config.max_batch_size,
             max_num_tokens=config.max_num_tokens,
             max_seq_len=self.max_seq_len,
@@ -59,6 +72,17 @@ class LLMEngine:
             cuda_graphs=config.cuda_graphs,
             compile_config=config.compile,
         )
+        self._group = None
+        if config.tensor_parallel_size > 1:
+            from trtllm_compile.parallel.launch import start_group
+
+            runner_kwargs["build_in_turn"] = config.build_in_turn
+            self._group = start_group(model, config.tensor_parallel_size, runner_kwargs, model_source, device_type)
+            self.runner = self._group.runner
+        elif config.tensor_parallel_size == 1:
+            self.runner = ModelRunner(model, **runner_kwargs)
+        else:
+            raise ValueError(f"tensor_parallel_size must be >= 1, not {config.tensor_parallel_size}")
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.scheduler = Scheduler(
@@ -76,6 +100,11 @@ class LLMEngine:
     @property
     def report(self):
         return self.runner.step.report
+
+    def close(self) -> None:
+        """Stop the tensor-parallel ranks this engine started (nothing to do on one device)."""
+        if self._group is not None:
+            self._group.close()
 
     def add_request(
         self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None

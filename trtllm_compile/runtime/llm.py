@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,13 @@ Prompt = str | list[int]
 
 class LLM:
     """`LLM(model_or_path=None, tokenizer=None, **config)`: an nn.Module, a local HF folder, or nothing for the
-    embedded default model; `config` holds `EngineConfig` fields (max_batch_size, max_num_tokens, ...)."""
+    embedded default model; `config` holds `EngineConfig` fields (max_batch_size, max_num_tokens, ...).
+
+    With `tensor_parallel_size=N` this process is rank 0 of N and starts the others (or joins the group a
+    launcher such as torchrun made). A folder is then loaded onto the host by every rank, each moving only its
+    shard to its device; a module is shared with the spawned ranks; a picklable zero-argument factory is called
+    by each rank. Close the LLM (or use it as a context manager) to stop the ranks.
+    """
 
     def __init__(
         self,
@@ -31,19 +38,40 @@ class LLM:
         device: str | torch.device | None = None,
         **config,
     ):
-        if isinstance(model_or_path, torch.nn.Module):
-            model = model_or_path
-        else:
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
-            model, loaded_tokenizer = load_model(model_or_path, dtype=dtype, device=device)
-            tokenizer = tokenizer or loaded_tokenizer
         known = {f.name for f in dataclasses.fields(EngineConfig)}
         unknown = sorted(set(config) - known)
         if unknown:
             raise TypeError(f"unknown LLM option(s) {unknown}; valid options are {sorted(known)}")
-        self.engine = LLMEngine(model.eval(), tokenizer, EngineConfig(**config))
+        engine_config = EngineConfig(**config)
+        parallel = engine_config.tensor_parallel_size > 1
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        source = None
+        if isinstance(model_or_path, torch.nn.Module):
+            model = model_or_path
+        elif parallel and callable(model_or_path):
+            model, source = model_or_path(), model_or_path
+        else:
+            dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+            path = os.fspath(model_or_path) if model_or_path is not None else None
+            # Tensor parallel: the full model stays on the host; each rank moves only its shard to its device.
+            model, loaded_tokenizer = load_model(path, dtype=dtype, device="cpu" if parallel else device)
+            tokenizer = tokenizer or loaded_tokenizer
+            if parallel:
+                from trtllm_compile.parallel.launch import load_on_cpu
+
+                source = functools.partial(load_on_cpu, path, dtype)
+        device_type = torch.device(device).type
+        self.engine = LLMEngine(model.eval(), tokenizer, engine_config, model_source=source, device_type=device_type)
         self.tokenizer = tokenizer
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def generate(
         self,

@@ -35,6 +35,7 @@ class ModelRunner:
         self,
         model: torch.nn.Module,
         *,
+        device: torch.device | str | None = None,
         max_batch_size: int,
         max_num_tokens: int,
         max_seq_len: int,
@@ -44,8 +45,9 @@ class ModelRunner:
         cuda_graphs: bool = True,
         compile_config: CompileConfig | None = None,
     ):
-        self.device = next(model.parameters()).device
-        self.step = build_step_graph(model, compile_config)
+        """`device`: where the step runs (default: where the model's parameters are)."""
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.step = self._build_step(model, compile_config)
         self.block_size = block_size
         self.max_blocks_per_seq = math.ceil(max_seq_len / block_size)
         self.num_blocks = num_blocks or self._default_num_blocks(max_batch_size, gpu_memory_fraction)
@@ -70,6 +72,9 @@ class ModelRunner:
             block_size,
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
+
+    def _build_step(self, model: torch.nn.Module, compile_config: CompileConfig | None):
+        return build_step_graph(model, compile_config)
 
     def _bytes_per_block(self) -> int:
         g = self.step.geometry

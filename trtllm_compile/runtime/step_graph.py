@@ -7,6 +7,7 @@ metadata (see passes/insert_paged_attention.py) and `logits_indices` (the rows w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -52,6 +53,11 @@ def sliding_windows(config, num_layers: int) -> tuple[int, ...]:
 
 def build_step_graph(model: torch.nn.Module, config: CompileConfig | None = None) -> StepGraph:
     """Export `model` with a dynamic token count, run every pass stage, and check attention went paged."""
+    return fuse_step_graph(export_step_graph(model), model.config, config)
+
+
+def export_step_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
+    """`model` as one ATen graph of (input_ids [1, T], position_ids [1, T]) -> logits, T dynamic."""
     device = next(model.parameters()).device
     # Two distinct example tensors: export would treat one tensor passed twice as aliased inputs.
     input_ids = torch.zeros(1, 2, dtype=torch.long, device=device)
@@ -60,10 +66,13 @@ def build_step_graph(model: torch.nn.Module, config: CompileConfig | None = None
     # (alignment padding on CUDA) that a strict range rejects; the masks are dead after the cache pass anyway.
     tokens = torch.export.Dim.DYNAMIC
     captured = export_model(CausalLMStep(model), (input_ids, position_ids), dynamic_shapes=({1: tokens}, {1: tokens}))
-    gm = captured.graph_module
-    num_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
-    config = config or CompileConfig()
-    config = CompileConfig(config.disable_passes, sliding_windows(model.config, num_layers))
+    return captured.graph_module
+
+
+def fuse_step_graph(gm: torch.fx.GraphModule, model_config, config: CompileConfig | None = None) -> StepGraph:
+    """Run every pass stage on an exported step graph (in place) and check that every attention layer went paged."""
+    num_layers = getattr(model_config, "num_hidden_layers", None) or model_config.n_layer
+    config = dataclasses.replace(config or CompileConfig(), sliding_windows=sliding_windows(model_config, num_layers))
     results = run_passes(gm, config, skip=config.disable_passes)
     report = CompileReport.from_graph(gm, results)
     paged = [n for n in gm.graph.nodes if is_op(n, torch.ops.trtllm.paged_attention.default)]

@@ -1,0 +1,30 @@
+"""Tensor parallelism on two GPUs (NCCL, CUDA graphs for decode): the greedy tokens of one GPU, fp32."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_tensor_parallel_llm import GREEDY, _model, _prompts
+
+from trtllm_compile.runtime.llm import LLM
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides"), [("llama", {}), ("qwen2", {"num_key_value_heads": 1})])
+def test_tp2_on_two_gpus_gives_the_one_gpu_greedy_tokens(name, overrides):
+    model = _model(name, **overrides)  # on the CPU: each rank moves its own shard to its GPU
+    prompts = _prompts()
+    config = dict(max_batch_size=8, max_num_tokens=128)
+    expected = LLM(copy.deepcopy(model).to("cuda:0"), **config).generate(prompts, GREEDY)
+    with LLM(model, tensor_parallel_size=2, device="cuda", **config) as llm:
+        runner = llm.engine.runner
+        actual = llm.generate(prompts, GREEDY)
+        assert runner.use_cuda_graphs and runner._graphs  # decode steps replayed captured graphs
+        assert runner.kv_cache.device == torch.device("cuda", 0)
+    assert [o.token_ids for o in actual] == [o.token_ids for o in expected]

@@ -1,0 +1,164 @@
+"""One rank's model runner: its shard of the step graph on its device, its own KV cache (its KV heads), and the
+step it runs in lockstep with the other ranks.
+
+Rank 0 drives: the engine's scheduler hands it a batch, it broadcasts the batch (token ids, positions, slots and
+block tables packed into one int64 tensor over the CPU control group) and runs the step like every other rank;
+the graph's collectives combine the ranks' partial results, and rank 0 samples from the gathered logits. Ranks
+1.. run `serve()`: receive a batch, run the same step (eager, or the same CUDA graph), until rank 0 stops them.
+So only tensors cross ranks, and every rank makes the same eager/CUDA-graph choice from the same batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from trtllm_compile.config import CompileConfig
+from trtllm_compile.parallel.config import TensorParallelConfig
+from trtllm_compile.parallel.step_graph import build_sharded_step_graph, place_constants
+from trtllm_compile.runtime.model_runner import ModelRunner
+from trtllm_compile.runtime.scheduler import ScheduledBatch, ScheduledSequence
+
+logger = logging.getLogger(__name__)
+
+_STOP, _STEP = 0, 1
+_MESSAGE = 1024  # int64s per control message: command, payload size, then the payload's first 1022 values
+_FIELDS = 4  # per sequence: token count, start position, is_prefill, block count; then the three lists
+
+
+def pack_batch(batch: ScheduledBatch) -> torch.Tensor:
+    """What the other ranks need of a scheduled batch, as one int64 tensor."""
+    values: list[int] = []
+    for seq in batch.sequences:
+        values += (len(seq.token_ids), seq.start_pos, int(seq.is_prefill), len(seq.block_table))
+        values += seq.token_ids
+        values += seq.slot_mapping
+        values += seq.block_table
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def unpack_batch(packed: torch.Tensor) -> ScheduledBatch:
+    values, i, sequences = packed.tolist(), 0, []
+    while i < len(values):
+        n, start, prefill, blocks = values[i : i + _FIELDS]
+        i += _FIELDS
+        tokens, slots, table = values[i : i + n], values[i + n : i + 2 * n], values[i + 2 * n : i + 2 * n + blocks]
+        i += 2 * n + blocks
+        sequences.append(ScheduledSequence(None, tokens, start, bool(prefill), slots, table))
+    return ScheduledBatch(sequences)
+
+
+class TensorParallelRunner(ModelRunner):
+    """A ModelRunner for rank `tp.rank`: its graph shard on `device`, its KV heads, lockstep with the group."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module | Callable[[], torch.nn.Module],
+        *,
+        tp: TensorParallelConfig,
+        device: torch.device,
+        control_group: dist.ProcessGroup | None,
+        max_batch_size: int,
+        max_num_tokens: int,
+        max_seq_len: int,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        gpu_memory_fraction: float = 0.9,
+        cuda_graphs: bool = True,
+        compile_config: CompileConfig | None = None,
+        build_in_turn: bool = False,
+        startup=None,
+    ):
+        """`model`: the module, or a zero-argument callable making it (called in this rank's turn, then dropped).
+        `build_in_turn`: ranks build their shards one after another, so the host holds one rank's transient
+        copies (unsharded model, fused and sliced weights) at a time: for models near the host's memory.
+        `startup`: launch.StartupWatch of spawned ranks (rank 0 hears of a rank that failed to build)."""
+        self.tp, self.control_group = tp, control_group
+        self._build_in_turn, self._startup = build_in_turn, startup
+        super().__init__(
+            model,
+            device=device,
+            max_batch_size=max_batch_size,
+            max_num_tokens=max_num_tokens,
+            max_seq_len=max_seq_len,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            gpu_memory_fraction=gpu_memory_fraction,
+            cuda_graphs=cuda_graphs,
+            compile_config=compile_config,
+        )
+        kv_heads = self.step.geometry.num_kv_heads
+        logger.info("rank %d of %d on %s: %d KV heads", tp.rank, tp.world_size, self.device, kv_heads)
+
+    def _build_step(self, model, compile_config: CompileConfig | None):
+        """This rank's shard, built in its turn; rank 0 returns once every rank has built (or one failed)."""
+        tp, startup = self.tp, self._startup
+        step = None
+        for turn in range(tp.world_size) if self._build_in_turn else (tp.rank,):
+            if turn == tp.rank:
+                module = model if isinstance(model, torch.nn.Module) else model()
+                step = build_sharded_step_graph(module, tp, compile_config)
+                del module  # a model made here is freed before the next rank's turn
+                place_constants(step.graph_module, self.device)
+                if startup is not None and tp.rank:
+                    startup.built(tp.rank)
+            if self._build_in_turn:
+                if startup is not None and tp.rank == 0 and turn:
+                    startup.wait_built([turn])
+                dist.barrier(group=self.control_group)
+        if startup is not None and tp.rank == 0:
+            startup.wait_built(range(1, tp.world_size))
+        return step
+
+    def _default_num_blocks(self, max_batch_size: int, gpu_memory_fraction: float) -> int:
+        """The fewest blocks any rank has room for: the scheduler's one block table serves every rank."""
+        gc.collect()  # the unsharded weights export and fusion left behind are gone only once collected
+        blocks = torch.tensor([super()._default_num_blocks(max_batch_size, gpu_memory_fraction)])
+        dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=self.control_group)
+        return int(blocks)
+
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Rank 0: send the batch to the other ranks, then run it; returns the gathered logits."""
+        self._send(_STEP, pack_batch(batch))
+        return super().execute(batch)
+
+    def _send(self, command: int, payload: torch.Tensor) -> None:
+        """One broadcast for a step whose batch fits the message (decode steps), a second for the rest."""
+        message = torch.zeros(_MESSAGE, dtype=torch.int64)
+        message[:2] = torch.tensor([command, payload.numel()])
+        inline = min(payload.numel(), _MESSAGE - 2)
+        message[2 : 2 + inline] = payload[:inline]
+        dist.broadcast(message, src=0, group=self.control_group)
+        if payload.numel() > inline:
+            dist.broadcast(payload[inline:].contiguous(), src=0, group=self.control_group)
+
+    def serve(self) -> None:
+        """Ranks 1..: run every batch rank 0 broadcasts, until it sends stop."""
+        message = torch.empty(_MESSAGE, dtype=torch.int64)
+        while True:
+            dist.broadcast(message, src=0, group=self.control_group)
+            command, size = message[:2].tolist()
+            if command == _STOP:
+                return
+            inline = min(size, _MESSAGE - 2)
+            payload = torch.empty(size, dtype=torch.int64)
+            payload[:inline] = message[2 : 2 + inline]
+            if size > inline:
+                rest = torch.empty(size - inline, dtype=torch.int64)
+                dist.broadcast(rest, src=0, group=self.control_group)
+                payload[inline:] = rest
+            super().execute(unpack_batch(payload))
+
+    def release(self) -> None:
+        """Drop the captured CUDA graphs (before the process group goes: they hold its collectives)."""
+        self._graphs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def stop_workers(self) -> None:
+        """Rank 0: tell the other ranks to leave `serve()`."""
+        self._send(_STOP, torch.empty(0, dtype=torch.int64))

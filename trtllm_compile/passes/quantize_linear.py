@@ -1,0 +1,188 @@
+"""Quantize the GEMMs of a graph captured from an unquantized model, given a calibration of that model.
+
+aten.linear(x, W, b) with a frozen W  ->  trtllm::{fp8,int8,int4}_linear(x', Wq, scales..., b)
+
+The compile options carry a `QuantConfig` whose `calibration` (from `trtllm_compile.quantization.calibrate`) is
+keyed by module name; a weight is traced back to its module through the "frozen_from" meta capture leaves on
+it (Dynamo's mangled parameter names are demangled first). A weight that fuse_gemms concatenated (Q/K/V,
+gate/up) is quantized as one: its parts share one input, so they share the input statistics and one smoothing
+or AWQ scale searched over the concatenated weight, and per-tensor FP8 weight scales are kept per part (one
+scale per row, repeated within each part). Linears reading one input are smoothed together even when unfused.
+The smoothing 1/s goes into the producing norm's weight when every reader of the norm is in the group, else
+into an explicit multiply. Linears that `QuantConfig.exclude` names (the LM head by default) stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections import defaultdict
+
+import torch
+import torch.fx
+
+from trtllm_compile.fx_utils import aten, constant_of, insert_constant, is_op, val
+from trtllm_compile.passes.registry import Stage, register_pass
+from trtllm_compile.quantization.apply import input_scale_for, prepare_weight
+from trtllm_compile.quantization.calibration import Calibration
+from trtllm_compile.quantization.formats import quantize_weight
+
+logger = logging.getLogger(__name__)
+
+trtllm = torch.ops.trtllm
+
+
+def _sanitized(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _demangled(name: str) -> str:
+    """Dynamo's "L['self']._modules['model']...._parameters['weight']" placeholder name -> "model....weight"."""
+    name = name.strip("_").removeprefix("self_")
+    if "_parameters_" not in name and not name.startswith("modules_"):
+        return name
+    return name.removeprefix("modules_").replace("_modules_", ".").replace("_parameters_", ".")
+
+
+class LinearNames:
+    """Resolves a graph weight to the calibrated linear module(s) it came from."""
+
+    def __init__(self, calibration: Calibration):
+        members = (name for group in calibration.groups.values() for name in group)
+        self.by_key = {_sanitized(f"{name}.weight"): name for name in members}
+
+    def one(self, name: str | None) -> str | None:
+        return self.by_key.get(_sanitized(_demangled(name))) if name else None
+
+    def of(self, weight: torch.fx.Node) -> list[str] | None:
+        """Module names of the weight's parts (several for a fused weight), or None if unknown."""
+        if weight.meta.get("fused_from"):
+            parts = [self.one(name) for name in weight.meta["fused_from"]]
+            return parts if all(parts) else None
+        if weight.meta.get("frozen_from"):
+            part = self.one(weight.meta["frozen_from"])
+            return [part] if part else None
+        if isinstance(weight.target, str) and weight.target.endswith("_fused"):
+            # fuse_gemms names the concatenation after its first part; the parts share that part's input
+            first = self.one(weight.target.removesuffix("_fused"))
+            return [first] if first else None
+        return None
+
+
+def row_splits(linear: torch.fx.Node) -> list[int] | None:
+    """Output rows of each part of a fused GEMM, read from the slices fuse_gemms put on its output."""
+    spans = []
+    for user in linear.users:
+        if not is_op(user, aten.slice.Tensor) or user.args[1] not in (-1, val(linear).dim() - 1):
+            return None
+        spans.append((user.args[2], user.args[3]))
+    spans.sort()
+    if not spans or spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)):
+        return None
+    return [end - start for start, end in spans]
+
+
+def _norm_weight_slot(x: torch.fx.Node) -> tuple[torch.fx.Node, int, int | None, bool] | None:
+    """(norm node, weight arg index, bias arg index, unit offset) when `x` is a norm op's normalized output."""
+    if is_op(x, trtllm.rms_norm.default):
+        return x, 1, None, bool(x.args[3] if len(x.args) > 3 else x.kwargs.get("unit_offset", False))
+    if x.op == "call_function" and x.target is operator.getitem and x.args[1] == 0:
+        norm = x.args[0]
+        if is_op(norm, trtllm.add_rms_norm.default):
+            return norm, 2, None, bool(norm.args[4] if len(norm.args) > 4 else norm.kwargs.get("unit_offset", False))
+    if is_op(x, trtllm.layer_norm.default):
+        return x, 1, 2, False
+    return None
+
+
+def _fold_into_norm(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
+    slot = _norm_weight_slot(x)
+    if slot is None:
+        return False
+    norm, weight_index, bias_index, unit_offset = slot
+    weight = constant_of(gm, norm.args[weight_index])
+    bias = constant_of(gm, norm.args[bias_index]) if bias_index is not None else None
+    if (
+        weight is None
+        or weight.shape != scale.shape
+        or (bias_index is not None and norm.args[bias_index] is not None and bias is None)
+    ):
+        return False
+    offset = 1.0 if unit_offset else 0.0
+    folded = ((weight.float() + offset) / scale - offset).to(weight.dtype)
+    norm.update_arg(weight_index, insert_constant(gm, folded, f"{norm.args[weight_index].target}_smoothed"))
+    if bias is not None:
+        norm.update_arg(bias_index, insert_constant(gm, (bias.float() / scale).to(bias.dtype), "norm_bias_smoothed"))
+    return True
+
+
+def _scaled_input(gm, x: torch.fx.Node, readers: list[torch.fx.Node], scale: torch.Tensor) -> torch.fx.Node:
+    """x / s for the group's readers: folded into the norm producing x if only they read it, else multiplied."""
+    if set(x.users) == set(readers) and _fold_into_norm(gm, x, scale):
+        return x
+    multiplier = insert_constant(gm, (1.0 / scale).to(val(x).dtype), "quant_input_multiplier")
+    with gm.graph.inserting_after(x):
+        scaled = gm.graph.call_function(aten.mul.Tensor, (x, multiplier))
+    scaled.meta["val"] = val(x)
+    return scaled
+
+
+def _replace(gm, linear: torch.fx.Node, x: torch.fx.Node, weight: torch.Tensor, config, amax: float, parts) -> None:
+    bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
+    splits = row_splits(linear) if len(parts) > 1 or linear.args[1].target.endswith("_fused") else None
+    quantized = quantize_weight(config, weight, amax, row_splits=splits)
+    name = linear.args[1].target
+    tensors = [
+        insert_constant(gm, quantized.weight, f"{name}_q"),
+        insert_constant(gm, quantized.weight_scale, f"{name}_scale"),
+    ]
+    with gm.graph.inserting_before(linear):
+        if quantized.op == "int4_linear":
+            zeros = insert_constant(gm, quantized.zeros, f"{name}_zeros") if quantized.zeros is not None else None
+            args = (x, *tensors, zeros, quantized.group_size, bias)
+        else:
+            input_scale = quantized.input_scale
+            input_scale = insert_constant(gm, input_scale, f"{name}_input_scale") if input_scale is not None else None
+            args = (x, *tensors, input_scale, bias)
+        node = gm.graph.call_function(getattr(trtllm, quantized.op).default, args)
+    node.meta["val"] = val(linear)
+    node.meta["quantization"] = {"format": config.format, "modules": list(parts)}
+    linear.replace_all_uses_with(node)
+    gm.graph.erase_node(linear)
+
+
+@register_pass(Stage.QUANTIZE)
+def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
+    """aten.linear(x, W_frozen, b) -> trtllm::{fp8,int8,int4}_linear with calibrated scales (QuantConfig)."""
+    qconfig = getattr(config, "quantization", None)
+    if qconfig is None or qconfig.format is None:
+        return 0
+    calibration = qconfig.calibration
+    if calibration is None:
+        raise ValueError(
+            "the quantization option has no calibration: pass QuantConfig.from_name(fmt).with_calibration("
+            "trtllm_compile.quantization.calibrate(model, tokenizer, texts))"
+        )
+    names = LinearNames(calibration)
+    readers: dict[tuple, list[tuple[torch.fx.Node, list[str]]]] = defaultdict(list)
+    for node in gm.graph.nodes:
+        if not is_op(node, aten.linear.default) or constant_of(gm, node.args[1]) is None:
+            continue
+        parts = names.of(node.args[1])
+        if parts is None:
+            logger.debug("%s: weight %s has no calibrated module; left unquantized", node.name, node.args[1].target)
+        elif all(qconfig.quantizes(part) for part in parts):
+            readers[(node.args[0], calibration.group_key(parts[0]))].append((node, parts))
+    for (x, key), group in readers.items():
+        stats = calibration.inputs[key]
+        weights = [constant_of(gm, node.args[1]).detach().float() for node, _ in group]
+        scale = input_scale_for(qconfig, torch.cat(weights), stats)
+        amax = stats.amax
+        if scale is not None:
+            amax = (stats.channel_amax / scale).max().item()
+            x = _scaled_input(gm, x, [node for node, _ in group], scale)
+            weights = [w * scale for w in weights]
+        weights = [prepare_weight(qconfig, w, stats, scale) for w in weights]
+        for (node, parts), weight in zip(group, weights, strict=True):
+            _replace(gm, node, x, weight, qconfig, amax, parts)
+    return sum(len(group) for group in readers.values())

@@ -1,0 +1,230 @@
+"""`quantize(model, fmt, calib_texts, tokenizer)`: calibrate, smooth, and swap every nn.Linear for a QuantLinear.
+
+Design: quantization happens on the model, before any capture. The returned model's linears call the trtllm
+quantized ops, so eager PyTorch, `torch.compile(backend="trtllm")`, `trtllm_compile.compile` and later targets all
+see the same quantized GEMMs, and the checkpoint of what was run is simply the module's state dict. The same
+numerics also exist as a graph pass (passes/quantize_linear.py) for graphs captured from an unquantized model
+with a calibration in the compile options; both paths share `input_scale_for` and `formats.quantize_weight`.
+
+Smoothing (SmoothQuant) and AWQ scales s multiply a group's weights; the matching 1/s on the input is folded
+into the op producing it when that is exact, checked on a random probe: the preceding norm's weight (Q/K/V,
+gate/up) or a sibling linear's output rows (down_proj after up_proj, through act(gate) * up). Where no fold
+checks out (o_proj after attention) the QuantLinear multiplies its input by 1/s itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trtllm_compile.quantization.awq import clip_weight, search_scale
+from trtllm_compile.quantization.calibration import Calibration, InputStats, calibrate
+from trtllm_compile.quantization.config import QuantConfig
+from trtllm_compile.quantization.formats import quantize_weight
+from trtllm_compile.quantization.kv_cache import install_fp8_kv_cache, kv_scales
+from trtllm_compile.quantization.modules import QuantLinear
+from trtllm_compile.quantization.smoothquant import smoothing_scale
+
+logger = logging.getLogger(__name__)
+
+# A fold is exact in real arithmetic; the probe only has to tell it from a wrong one (errors of order 1).
+_FOLD_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+_FOLD_TOL_HALF = 2e-2
+_CLIP_TOKENS = 256  # AWQ's clip search compares per-group partial sums: a few hundred tokens pin it down
+
+
+def input_scale_for(config: QuantConfig, weight: torch.Tensor, stats: InputStats) -> torch.Tensor | None:
+    """The per-input-channel scale s of a group (weights times s, input divided by s), or None for none."""
+    if config.format == "int8_sq":
+        return smoothing_scale(weight, stats, config.alpha)
+    if config.format == "int4_awq":
+        found = search_scale(weight, stats, config.group_size, config.zero_point, config.awq_grid)
+        return found.scale if found.alpha > 0 else None
+    return None
+
+
+def prepare_weight(
+    config: QuantConfig, weight: torch.Tensor, stats: InputStats, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """The float weight to round, once multiplied by the group's scale: AWQ also clips its group ranges."""
+    if config.format != "int4_awq" or not config.awq_clip:
+        return weight
+    tokens = stats.samples[:_CLIP_TOKENS]
+    tokens = tokens / scale if scale is not None else tokens
+    return clip_weight(weight, tokens, config.group_size, config.zero_point, config.awq_grid)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    tol = _FOLD_TOL.get(expected.dtype, _FOLD_TOL_HALF)
+    return bool(((actual - expected).abs().max() <= tol * expected.abs().max().clamp(min=1e-6)).item())
+
+
+def _probe(width: int, like: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(4, width, generator=generator).to(device=like.device, dtype=like.dtype)
+
+
+@torch.no_grad()
+def _fold_into_norm(norm: nn.Module, scale: torch.Tensor) -> bool:
+    """norm(x) / s by rescaling the norm's weight (and bias); tries Gemma's (1 + w) form too."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.shape != scale.shape:
+        return False
+    probe = _probe(weight.numel(), weight)
+    expected = norm(probe) / scale.to(weight.dtype)
+    original = weight.detach().clone()
+    bias = getattr(norm, "bias", None)
+    for offset in (0.0, 1.0):
+        weight.copy_(((original.float() + offset) / scale - offset).to(weight.dtype))
+        if isinstance(bias, torch.Tensor):
+            bias.div_(scale.to(bias.dtype))
+        if _close(norm(probe), expected):
+            return True
+        weight.copy_(original)
+        if isinstance(bias, torch.Tensor):
+            bias.mul_(scale.to(bias.dtype))
+    return False
+
+
+@torch.no_grad()
+def _fold_into_sibling(parent: nn.Module, member: nn.Linear, scale: torch.Tensor) -> str | None:
+    """Fold 1/s into the output rows of a sibling linear feeding `member` elementwise (up_proj -> down_proj),
+    accepted only if the parent module's output is unchanged; returns the sibling's name."""
+    siblings = {n: m for n, m in parent.named_children() if isinstance(m, nn.Linear) and m is not member}
+    candidates = {n: m for n, m in siblings.items() if m.out_features == member.in_features}
+    if not candidates:
+        return None
+    probe = _probe(next(iter(siblings.values())).in_features, member.weight)
+    try:
+        expected = parent(probe)
+    except Exception:  # noqa: BLE001  (a parent that needs more than one tensor cannot be probed)
+        return None
+    for name, sibling in candidates.items():
+        saved = [(t, t.detach().clone()) for t in (sibling.weight, sibling.bias, member.weight) if t is not None]
+        sibling.weight.div_(scale.to(sibling.weight.dtype)[:, None])
+        if sibling.bias is not None:
+            sibling.bias.div_(scale.to(sibling.bias.dtype))
+        member.weight.mul_(scale.to(member.weight.dtype))
+        if _close(parent(probe), expected):
+            return name
+        for tensor, copy in saved:
+            tensor.copy_(copy)
+    return None
+
+
+@dataclass
+class GroupPlan:
+    """What smoothing did to one group of linears reading one input."""
+
+    input_amax: float  # max |x| of the input the quantized GEMMs now see (x / s)
+    scale: torch.Tensor | None  # s: weights multiplied by it, input divided by it (None: no smoothing)
+    multiplier: torch.Tensor | None  # 1 / s the QuantLinears apply themselves, where no fold was possible
+    folded_into: str | None  # the module that absorbed 1 / s (then the float weights already include s)
+
+
+@torch.no_grad()
+def _smooth_group(modules, config, calibration, key, members) -> GroupPlan:
+    stats = calibration.inputs[key]
+    quantized = [modules[name] for name in members if config.quantizes(name)]
+    scale = input_scale_for(config, torch.cat([m.weight for m in quantized]), stats)
+    if scale is None:
+        return GroupPlan(stats.amax, None, None, None)
+    amax = (stats.channel_amax / scale).max().item()
+    norm_name = calibration.norms.get(key)
+    if norm_name is not None and _fold_into_norm(modules[norm_name], scale):
+        for name in members:  # the norm feeds every member, quantized or not
+            modules[name].weight.mul_(scale.to(modules[name].weight.dtype))
+        return GroupPlan(amax, scale, None, norm_name)
+    if len(members) == 1 and quantized:
+        parent_name = members[0].rpartition(".")[0]
+        sibling = _fold_into_sibling(modules[parent_name], quantized[0], scale)
+        if sibling is not None:
+            return GroupPlan(amax, scale, None, f"{parent_name}.{sibling}")
+    # No fold: the float model stays as it is; the QuantLinears get W diag(s) and multiply their input by 1/s.
+    return GroupPlan(amax, scale, (1.0 / scale).to(quantized[0].weight.dtype), None)
+
+
+def smooth(model: nn.Module, config: QuantConfig, calibration: Calibration) -> dict[str, GroupPlan]:
+    """Fold every group's SmoothQuant / AWQ scale into the float model where an exact fold exists (outputs
+    unchanged up to rounding); returns the plan of each group that has a linear to quantize, keyed like the
+    calibration. Groups without a fold keep their float weights; `quantize_linears` scales those."""
+    modules = dict(model.named_modules())
+    # In call order: a later group may fold into an earlier one's weights (down_proj -> up_proj rows).
+    return {
+        key: _smooth_group(modules, config, calibration, key, members)
+        for key, members in calibration.groups.items()
+        if any(config.quantizes(name) for name in members)
+    }
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def quantize_linears(model: nn.Module, config: QuantConfig, calibration: Calibration) -> int:
+    """Smooth, then swap every calibrated linear `config` does not exclude for a QuantLinear; returns how many."""
+    plans = smooth(model, config, calibration)
+    modules = dict(model.named_modules())
+    count = 0
+    for key, plan in plans.items():
+        for name in calibration.groups[key]:
+            linear = modules[name]
+            if not config.quantizes(name) or not isinstance(linear, nn.Linear):
+                continue
+            weight = linear.weight if plan.multiplier is None else linear.weight * plan.scale.to(linear.weight.dtype)
+            weight = prepare_weight(config, weight, calibration.inputs[key], plan.scale)
+            quantized = quantize_weight(config, weight, plan.input_amax)
+            bias = linear.bias.detach().clone() if linear.bias is not None else None
+            swapped = QuantLinear(linear.in_features, linear.out_features, quantized, bias, plan.multiplier)
+            _swap(model, name, swapped)
+            count += 1
+    return count
+
+
+def quantize(
+    model: nn.Module,
+    fmt: str | QuantConfig | None = "fp8",
+    calib_texts: str | list[str] | None = None,
+    tokenizer=None,
+    *,
+    calibration: Calibration | None = None,
+    progress: bool = True,
+    **options,
+) -> nn.Module:
+    """Quantize `model` in place to `fmt` ("fp8", "int8_sq", "int4_awq", "int4_rtn", None with kv_cache="fp8")
+    and return it; `options` are QuantConfig fields (e.g. kv_cache="fp8", alpha=0.8, exclude=()).
+
+    Calibrates on `calib_texts` (cut into `calib_windows` windows of `calib_window` tokens by `tokenizer`)
+    unless a `calibration` of this model (from `calibrate`) is given: one calibration serves every format when
+    it was made with samples (AWQ) and kv_cache=True.
+    """
+    config = QuantConfig.from_name(fmt, **options)
+    calibration = calibration or config.calibration
+    if calibration is None:
+        calibration = calibrate(
+            model,
+            tokenizer,
+            calib_texts,
+            window=config.calib_window,
+            max_windows=config.calib_windows,
+            samples=config.calib_samples if config.format == "int4_awq" else 0,
+            kv_cache=config.kv_cache is not None,
+            progress=progress,
+        )
+    swapped = quantize_linears(model, config, calibration) if config.format is not None else 0
+    conv1d = [name for name, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    if config.format is not None and conv1d:
+        logger.warning(
+            "%d GPT-2 style Conv1D GEMMs (%s, ...) stay unquantized: only nn.Linear is", len(conv1d), conv1d[0]
+        )
+    if config.kv_cache == "fp8":
+        if not calibration.kv_amax:
+            raise ValueError("kv_cache='fp8' needs K/V ranges: calibrate with kv_cache=True")
+        install_fp8_kv_cache(model, {name: kv_scales(*amax) for name, amax in calibration.kv_amax.items()})
+    model.trtllm_quant_config = config  # the options only: the calibration stays with the caller
+    logger.info("quantized %d linears to %s (kv cache: %s)", swapped, config.format, config.kv_cache or "unchanged")
+    return model

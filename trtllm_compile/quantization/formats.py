@@ -1,0 +1,132 @@
+"""Weight quantization numerics of each format, shared by the module path (quantize) and the graph pass.
+
+`quantize_weight` turns one float weight (already multiplied by any smoothing / AWQ scale) and its calibrated
+input range into the tensors of one quantized op; `QuantizedWeight.op` names the op that consumes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trtllm_compile.ops.quant import FP8_MAX, INT8_MAX, fp8_quantize, int8_quantize, pack_int4
+from trtllm_compile.quantization.config import QuantConfig
+
+_EPS = 1e-12
+
+
+@dataclass
+class QuantizedWeight:
+    """The tensors of one quantized GEMM. `op` is "fp8_linear", "int8_linear" or "int4_linear" (trtllm ops).
+
+    fp8/int8: weight [N, K] and weight_scale [] or [N]; input_scale [] (static) or None (dynamic per-token).
+    int4: weight [N, K / 2] uint8, scales and zeros (None when symmetric) [N, K / group_size].
+    """
+
+    op: str
+    weight: Tensor
+    weight_scale: Tensor
+    zeros: Tensor | None = None
+    input_scale: Tensor | None = None
+    group_size: int = 0
+
+
+def _row_scales(weight: Tensor, qmax: float, per_tensor_rows: list[int] | None) -> Tensor:
+    """[N] scales of amax / qmax per row, or per block of rows (per-tensor scales of concatenated weights)."""
+    amax = weight.abs().amax(1).float()
+    if per_tensor_rows is not None:
+        amax = torch.cat([part.max().expand(len(part)) for part in amax.split(per_tensor_rows)])
+    return (amax / qmax).clamp(min=_EPS)
+
+
+def _int4_grid(groups: Tensor, zero_point: bool, clip: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Scales and zero points of groups [N, G, g]."""
+    if zero_point:
+        high, low = groups.amax(-1).clamp_(min=0), groups.amin(-1).clamp_(max=0)
+        if clip is not None:
+            high, low = high * clip, low * clip
+        scales = ((high - low) / 15).clamp_(min=_EPS)
+        return scales, (-low / scales).round_().clamp_(0, 15)
+    amax = groups.abs().amax(-1)
+    return (amax * clip if clip is not None else amax).div_(7).clamp_(min=_EPS), None
+
+
+def _groups(weight: Tensor, group_size: int) -> Tensor:
+    rows, cols = weight.shape
+    if cols % 2:
+        raise ValueError(f"INT4 packs two inputs per byte: in_features {cols} must be even")
+    padded = weight.float() if cols % group_size == 0 else F.pad(weight.float(), (0, -cols % group_size))
+    return padded.view(rows, -1, group_size)
+
+
+def int4_codes(
+    weight: Tensor, group_size: int, zero_point: bool, clip: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Round-to-nearest INT4 per group: codes [N, K] in [0, 15], scales and zeros (or None) [N, ceil(K / g)].
+
+    Asymmetric groups span [min(w, 0), max(w, 0)] (zero stays representable, so constant groups survive);
+    symmetric groups use amax / 7 with the zero point fixed at 8. When K is not a multiple of the group size
+    (SmolLM2's 576 and g = 128), the last group is shorter: zero padding changes neither range. `clip`
+    [N, ceil(K / g)] shrinks each group's range by that ratio (AWQ's clipping), saturating the extremes.
+    """
+    groups = _groups(weight, group_size)
+    scales, zeros = _int4_grid(groups, zero_point, clip)
+    codes = (groups / scales[..., None]).round_()
+    if zeros is not None:
+        codes.add_(zeros[..., None]).clamp_(0, 15)
+    else:
+        codes.clamp_(-8, 7).add_(8)
+    return codes.view(weight.shape[0], -1)[:, : weight.shape[1]], scales, zeros
+
+
+def fake_quantize_int4(weight: Tensor, group_size: int, zero_point: bool, clip: Tensor | None = None) -> Tensor:
+    """What INT4 round-to-nearest makes of `weight`, in float32 (the AWQ search's inner loop: kept lean)."""
+    groups = _groups(weight, group_size)
+    scales, zeros = _int4_grid(groups, zero_point, clip)
+    scales = scales[..., None]
+    codes = (groups / scales).round_()
+    if zeros is not None:
+        zeros = zeros[..., None]
+        codes.add_(zeros).clamp_(0, 15).sub_(zeros)
+    else:
+        codes.clamp_(-8, 7)
+    return codes.mul_(scales).view(weight.shape[0], -1)[:, : weight.shape[1]]
+
+
+def quantize_weight(
+    config: QuantConfig, weight: Tensor, input_amax: float | None, row_splits: list[int] | None = None
+) -> QuantizedWeight:
+    """Quantize one [N, K] weight for `config.format`.
+
+    input_amax: the calibrated max |x| of the (smoothed) input, for static activation scales.
+    row_splits: output rows of each original weight when `weight` concatenates several (fused Q/K/V): per-tensor
+        weight scales are then computed per part and expanded to one scale per row.
+    """
+    weight = weight.detach().float()
+    if config.format == "fp8":
+        per_tensor = config.weight_scales == "tensor"
+        scale = _row_scales(weight, FP8_MAX, (row_splits or [weight.shape[0]]) if per_tensor else None)
+        if per_tensor and row_splits is None:
+            scale = scale[0].clone()
+        quantized = fp8_quantize(weight, scale[:, None] if scale.dim() else scale)
+        return QuantizedWeight("fp8_linear", quantized, scale, input_scale=_input_scale(config, input_amax, FP8_MAX))
+    if config.format == "int8_sq":
+        scale = _row_scales(weight, INT8_MAX, None)
+        quantized = int8_quantize(weight, scale[:, None])
+        return QuantizedWeight("int8_linear", quantized, scale, input_scale=_input_scale(config, input_amax, INT8_MAX))
+    if config.is_int4:
+        codes, scales, zeros = int4_codes(weight, config.group_size, config.zero_point)
+        packed = pack_int4(codes)
+        return QuantizedWeight("int4_linear", packed, scales, zeros=zeros, group_size=config.group_size)
+    raise ValueError(f"no weight quantization for format {config.format!r}")
+
+
+def _input_scale(config: QuantConfig, input_amax: float | None, qmax: float) -> Tensor | None:
+    if config.activations == "dynamic":
+        return None
+    if input_amax is None:
+        raise ValueError("static activation scales need a calibration; calibrate first or use activations='dynamic'")
+    return torch.tensor(max(input_amax, 1e-6) / qmax, dtype=torch.float32)
