@@ -29,6 +29,7 @@ def add_parser(commands, add_model_args) -> None:
     parser.add_argument("--peer-batch-sizes", help="batch sizes for the peers (default: the numeric ones)")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-num-tokens", type=int, default=8192)
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks for trtllm (one GPU each; CPU: gloo)")
     parser.add_argument("--out", help="write the measurements as JSON here")
     parser.add_argument("--plot", help="write a tokens/s plot (PNG) here; needs matplotlib")
     parser.set_defaults(handler=run_bench)
@@ -78,12 +79,15 @@ def run_bench(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     seq_len = args.input_len + args.output_len
-    llm = LLM(model, tokenizer, max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
-    fit = llm.engine.runner.num_blocks // math.ceil(seq_len / llm.engine.config.block_size)
-    ours = sorted({min(fit, args.max_batch_size) if s == "max" else int(s) for s in sizes})
-    for batch in ours:
-        logger.info("measuring trtllm at batch %d", batch)
-        results.append(measure_engine(llm, _prompts(batch, args.input_len, vocab, args.device), args.output_len))
+    engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
+    system = "trtllm" if args.tp == 1 else f"trtllm tp={args.tp}"
+    with LLM(model, tokenizer, device=args.device, tensor_parallel_size=args.tp, **engine) as llm:
+        fit = llm.engine.runner.num_blocks // math.ceil(seq_len / llm.engine.config.block_size)
+        ours = sorted({min(fit, args.max_batch_size) if s == "max" else int(s) for s in sizes})
+        for batch in ours:
+            logger.info("measuring %s at batch %d", system, batch)
+            prompts = _prompts(batch, args.input_len, vocab, args.device)
+            results.append(measure_engine(llm, prompts, args.output_len, system))
 
     _print_table(results, args)
     if args.out:

@@ -62,7 +62,7 @@ def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int) -> Me
     )
 
 
-def measure_engine(llm, prompts: torch.Tensor, output_len: int) -> Measurement:
+def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "trtllm") -> Measurement:
     """Our engine: all prompts submitted at once, batched in flight."""
     from trtllm_compile.runtime.sampling import SamplingParams
 
@@ -88,5 +88,5 @@ def measure_engine(llm, prompts: torch.Tensor, output_len: int) -> Measurement:
     ttft = (first_token_at or start) - start
     batch, input_len = prompts.shape
     return Measurement(
-        "trtllm", batch, input_len, output_len, total, ttft * 1e3, (total - ttft) / max(output_len - 1, 1) * 1e3
+        system, batch, input_len, output_len, total, ttft * 1e3, (total - ttft) / max(output_len - 1, 1) * 1e3
     )

@@ -48,6 +48,7 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="KV cache blocks of 16 tokens (default: fill GPU memory; on CPU, a full batch of full contexts)",
     )
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one GPU each; CPU: gloo)")
 
 
 def served_name(model: str | None) -> str:
@@ -58,6 +59,8 @@ def served_name(model: str | None) -> str:
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"max_batch_size": args.max_batch_size, "max_num_tokens": args.max_num_tokens}
+    if args.tp != 1:
+        kwargs["tensor_parallel_size"] = args.tp
     if args.num_blocks:
         kwargs["num_blocks"] = args.num_blocks
     return kwargs
@@ -70,11 +73,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from trtllm_compile.runtime.llm import LLM
     from trtllm_compile.serve.app import ServerConfig, build_app
 
-    llm = LLM(args.model, dtype=DTYPES[args.dtype], device=args.device, **engine_kwargs(args))
-    config = ServerConfig(args.served_model_name or served_name(args.model), args.api_key, args.max_queue)
-    app = build_app(llm.engine, llm.tokenizer, config)
-    print(f"serving {config.served_model_name} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    with LLM(args.model, dtype=DTYPES[args.dtype], device=args.device, **engine_kwargs(args)) as llm:
+        config = ServerConfig(args.served_model_name or served_name(args.model), args.api_key, args.max_queue)
+        app = build_app(llm.engine, llm.tokenizer, config)
+        print(f"serving {config.served_model_name} on http://{args.host}:{args.port}/v1", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
 
 

@@ -267,10 +267,13 @@ def _run(args: argparse.Namespace) -> int:
         metrics_address=host,
         metrics_port=args.metrics_port,
     )
-    loops = []
+    if args.tp > 1 and len(args.models) > 1:  # one torch.distributed group per process
+        raise ValueError(f"--tp {args.tp} serves one model per process; start one `trtllm-compile triton` per model")
+    loops, llms = [], []
     with Triton(config=config) as triton:
         for model_path in args.models or [None]:
-            llm = LLM(model_path, dtype=DTYPES[args.dtype], device=args.device, **engine_kwargs(args))
+            llms.append(LLM(model_path, dtype=DTYPES[args.dtype], device=args.device, **engine_kwargs(args)))
+            llm = llms[-1]
             loops.append(EngineLoop(llm.engine, llm.tokenizer))
             model = TritonModel(loops[-1], llm.engine.max_seq_len)
             name = served_name(model_path)
@@ -290,4 +293,6 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             for loop in loops:
                 loop.close()
+            for llm in llms:
+                llm.close()
     return 0
