@@ -62,3 +62,10 @@ def test_disabled_pass_is_skipped_and_reported():
     assert report.matches["attention"] == 0
     assert {f.family for f in report.fallbacks} == {"attention"}
     assert "match_attention" not in {p.name for p in report.passes}
+
+
+def test_unknown_disabled_pass_names_the_registered_ones():
+    model = TINY_MODELS["llama"].build()
+    compiled = trtllm_compile.compile(model, disable_passes=["match_atention"])
+    with pytest.raises(Exception, match=r"unknown pass\(es\) \['match_atention'\].*match_attention"):
+        compiled(torch.randint(0, 256, (1, 5)))

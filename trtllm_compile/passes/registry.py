@@ -78,6 +78,10 @@ def run_passes(
     stages: set[Stage] | None = None,
     skip: frozenset[str] = frozenset(),
 ) -> list[PassResult]:
+    unknown = sorted(set(skip) - {spec.name for spec in registered_passes()})
+    if unknown:
+        known = ", ".join(spec.name for spec in registered_passes())
+        raise ValueError(f"disable_passes names unknown pass(es) {unknown}; the registered passes are: {known}")
     results = []
     for spec in registered_passes(stages):
         if spec.name in skip:
