@@ -110,6 +110,9 @@ def export_model(
     return CapturedGraph(gm, list(range(len(live))), len(live))
 
 
+STEP_MODEL_ATTRIBUTE = "model"  # CausalLMStep holds the model here: a captured step's weight names start with it
+
+
 class CausalLMStep(torch.nn.Module):
     """input_ids, position_ids -> logits of a Hugging Face causal LM, without a cache: the step that the
     runtime and the TensorRT target export (their CACHE passes add the cache to the graph)."""

@@ -21,6 +21,7 @@ from collections import defaultdict
 import torch
 import torch.fx
 
+from trtllm_compile.capture import STEP_MODEL_ATTRIBUTE
 from trtllm_compile.fx_utils import aten, constant_of, insert_constant, is_op, val
 from trtllm_compile.passes.registry import Stage, register_pass
 from trtllm_compile.quantization.apply import input_scale_for, prepare_weight
@@ -52,7 +53,11 @@ class LinearNames:
         self.by_key = {_sanitized(f"{name}.weight"): name for name in members}
 
     def one(self, name: str | None) -> str | None:
-        return self.by_key.get(_sanitized(_demangled(name))) if name else None
+        if not name:
+            return None
+        key = _sanitized(_demangled(name))
+        # A whole-model export (runtime, TensorRT) captures the model as CausalLMStep's `model` attribute.
+        return self.by_key.get(key) or self.by_key.get(key.removeprefix(f"{STEP_MODEL_ATTRIBUTE}_"))
 
     def of(self, weight: torch.fx.Node) -> list[str] | None:
         """Module names of the weight's parts (several for a fused weight), or None if unknown."""
