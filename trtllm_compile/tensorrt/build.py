@@ -11,9 +11,11 @@ decode one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.fx
 
+from trtllm_compile.parallel.config import TensorParallelConfig
+from trtllm_compile.quantization.config import QuantConfig
 from trtllm_compile.report import CompileReport, Fallback
 from trtllm_compile.tensorrt import trt as flavour
 from trtllm_compile.tensorrt.cache import MANIFEST, EngineCache, cache_key, load_timing_cache, save_timing_cache
@@ -41,6 +45,7 @@ class BuildSettings:
     target_sm: str | None = flavour.DEFAULT_SM
     refittable: bool = False
     partition: bool = False
+    tensor_parallel: TensorParallelConfig | None = None  # one rank's shard: part of the cache key
 
     def __post_init__(self):
         if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -113,8 +118,10 @@ def build(
     cache_dir=None,
     out_dir=None,
     partition: bool = False,
+    tensor_parallel: TensorParallelConfig | None = None,
     tokenizer=None,
     progress: bool = True,
+    quantization: QuantConfig | None = None,
 ) -> BuildResult:
     """Build (or fetch from the engine cache) the prefill and decode engines of `model` (default: SmolLM2-135M).
 
@@ -122,14 +129,19 @@ def build(
     capacity); `target_sm` names the compute capability tensorrt_rtx compiles for (the full package builds for the
     local GPU); `partition=True` leaves ops without a converter in PyTorch between engines instead of raising;
     `out_dir` also places the files there (hard links). The engines hold the weights as constants.
+    A calibrated `quantization` (`QuantConfig.from_name(fmt).with_calibration(...)`) stores the GEMM weights
+    quantized (Q/DQ layers, see tensorrt/converters/quant.py).
+    `tensor_parallel` builds one rank's engines (see `tensorrt.parallel.build_rank_engines` for every rank).
     """
     flavour.require_trt()
     if model is None:
         model, tokenizer = _load_default_model()
-    settings = BuildSettings(max_batch_size, max_seq_len, max_num_tokens, dtype, target_sm, refittable, partition)
+    settings = BuildSettings(
+        max_batch_size, max_seq_len, max_num_tokens, dtype, target_sm, refittable, partition, tensor_parallel
+    )
     start = time.perf_counter()
     cache = EngineCache(cache_dir)
-    key = cache_key(model, settings.as_dict(), flavour.version())
+    key = cache_key(model, {**settings.as_dict(), **_quantization_key(quantization)}, flavour.version())
     manifest = cache.lookup(key)
     cache_hit = manifest is not None
     if cache_hit:
@@ -137,7 +149,7 @@ def build(
         directory = cache.entry(key)
         report = None
     else:
-        directory, manifest, report = _build_into_cache(model, settings, cache, key, tokenizer, progress)
+        directory, manifest, report = _build_into_cache(model, settings, cache, key, tokenizer, progress, quantization)
     if out_dir is not None:
         directory = _copy_out(directory, Path(out_dir))
     result = _result(directory, manifest, cache_hit, key, report, time.perf_counter() - start)
@@ -146,7 +158,9 @@ def build(
     return result
 
 
-def _build_into_cache(model, settings: BuildSettings, cache: EngineCache, key: str, tokenizer, progress: bool):
+def _build_into_cache(
+    model, settings: BuildSettings, cache: EngineCache, key: str, tokenizer, progress: bool, quantization=None
+):
     from trtllm_compile.tensorrt.export import export_step_graph
 
     if settings.refittable and flavour.IS_RTX and not torch.cuda.is_available():
@@ -158,7 +172,13 @@ def _build_into_cache(model, settings: BuildSettings, cache: EngineCache, key: s
     staging = cache.staging()
     try:
         graph = export_step_graph(
-            model, settings.dtype, settings.max_batch_size, settings.max_seq_len, settings.prefill_tokens
+            model,
+            settings.dtype,
+            settings.max_batch_size,
+            settings.max_seq_len,
+            settings.prefill_tokens,
+            tensor_parallel=settings.tensor_parallel,
+            quantization=quantization,
         )
         engines, torch_nodes, weights = {}, [], set()
         for step, specialize in (("prefill", {}), ("decode", {graph.token_symbol: 1})):
@@ -176,6 +196,14 @@ def _build_into_cache(model, settings: BuildSettings, cache: EngineCache, key: s
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return cache.commit(staging, key), manifest, report
+
+
+def _quantization_key(quantization: QuantConfig | None) -> dict:
+    """What of `quantization` decides the engines (a cache-key part): its options and a digest of its calibration."""
+    if quantization is None:
+        return {}
+    calibration = hashlib.sha256(pickle.dumps(quantization.calibration)).hexdigest()[:16]
+    return {"quantization": {**quantization.to_json(), "calibration": calibration}}
 
 
 def _build_step(step: str, graph, specialize: dict, settings: BuildSettings, cache, directory: Path, progress: bool):

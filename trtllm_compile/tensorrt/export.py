@@ -19,8 +19,12 @@ import torch.fx
 
 from trtllm_compile import ops  # noqa: F401  (registers the trtllm ops)
 from trtllm_compile.capture import CausalLMStep, export_model
+from trtllm_compile.config import CompileConfig
+from trtllm_compile.parallel.collectives import collective_nodes
+from trtllm_compile.parallel.config import TensorParallelConfig
 from trtllm_compile.passes import Stage, registered_passes, run_passes
 from trtllm_compile.passes import insert_kv_cache_tensorrt as kv_cache_pass
+from trtllm_compile.quantization.config import QuantConfig
 from trtllm_compile.report import CompileReport
 
 logger = logging.getLogger(__name__)
@@ -37,7 +41,8 @@ def _fused_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     sliding_window = kwargs.get("sliding_window") or -1
     softcap = kwargs.get("softcap") or 0.0
     out = torch.ops.trtllm.attention(query, key, value, None, scale, True, sliding_window, softcap)
-    return out.transpose(1, 2).contiguous(), None
+    # No .contiguous(): TensorRT has no layouts, and the SHARD pass traces the output to o_proj through layout ops
+    return out.transpose(1, 2), None
 
 
 def _register_attention() -> None:
@@ -98,11 +103,15 @@ def export_step_graph(
     max_seq_len: int,
     max_num_tokens: int,
     with_kv_cache: bool = True,
+    quantization: QuantConfig | None = None,
+    tensor_parallel: TensorParallelConfig | None = None,
 ) -> StepGraph:
     """The step graph of `model` in `dtype`: batch and token count dynamic, KV cache of `max_seq_len` tokens.
 
     One graph serves both engines: prefill is it with up to `max_num_tokens` tokens, decode is it specialized to
-    one token (`StepGraph.token_symbol` -> 1) when converted.
+    one token (`StepGraph.token_symbol` -> 1) when converted. A calibrated `quantization` also runs the QUANTIZE
+    passes (quantized GEMMs, FP8 K/V round trip) on the fused graph, as the compile options do for the backend.
+    `tensor_parallel` runs the SHARD pass for that rank; its collectives carry the config for the converters.
     """
     prepared = prepare_model(model, dtype)
     batch_dim = torch.export.Dim("batch", min=1, max=max_batch_size)
@@ -116,8 +125,15 @@ def export_step_graph(
     gm = captured.graph_module
     _drop_asserts(gm)  # before matching: an assert is one more user that would pin an intermediate node
     # Attention is already fused (our attention function emits trtllm.attention): skip tracing its patterns.
-    results = run_passes(gm, None, stages=FUSION_STAGES, skip=frozenset({"match_attention"}))
+    stages, config = FUSION_STAGES, None
+    if quantization is not None:
+        stages, config = FUSION_STAGES | {Stage.QUANTIZE}, CompileConfig(quantization=quantization)
+    results = run_passes(gm, config, stages=stages, skip=frozenset({"match_attention"}))
     report = CompileReport.from_graph(gm, results)
+    if tensor_parallel is not None:
+        report.passes += run_passes(gm, CompileConfig(tensor_parallel=tensor_parallel), stages={Stage.SHARD})
+        for node in collective_nodes(gm):
+            node.meta["tensor_parallel_group"] = tensor_parallel  # the group's ranks, for the TensorRT converters
     if with_kv_cache:
         report.passes += run_passes(gm, KVCacheConfig(max_seq_len), stages={Stage.CACHE}, skip=_cache_passes_to_skip())
     return StepGraph(gm, report)

@@ -3,6 +3,7 @@
 from trtllm_compile.tensorrt.converters import (  # noqa: F401  (registers the converters)
     attention,
     cast,
+    collectives,
     creation,
     elementwise,
     embedding,
@@ -10,6 +11,7 @@ from trtllm_compile.tensorrt.converters import (  # noqa: F401  (registers the c
     linear,
     mlp,
     norm,
+    quant,
     rope,
     shape,
 )

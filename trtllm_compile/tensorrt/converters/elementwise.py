@@ -148,6 +148,11 @@ def convert_gelu(ctx, node, x, approximate="none"):
     return ew.ACTIVATIONS["gelu_tanh" if approximate == "tanh" else "gelu"](ctx, x)
 
 
+@converter(aten.masked_fill.Scalar)  # the vocab-parallel embedding zeroes other ranks' rows with it
+def convert_masked_fill(ctx, node, x, mask, value):
+    return ew.where(ctx, mask, value, x, _out(node))
+
+
 @converter(aten.where.self)
 def convert_where(ctx, node, condition, a, b):
     return ew.where(ctx, condition, a, b, _out(node))
