@@ -199,3 +199,17 @@ def test_masked_fill_is_a_select():
     converted.builder = builder
     assert "SELECT" in converted.layer_counts() and output_shapes(converted) == [(2, 4)]
     assert builds(converted)
+
+
+def test_cli_build_tp_writes_one_engine_pair_per_rank(llama, rank_builds, engine_cache, smollm2, tmp_path, capsys):
+    from trtllm_compile.cli import main
+
+    llama.save_pretrained(tmp_path / "model")
+    smollm2[1].save_pretrained(tmp_path / "model")  # any tokenizer: the CLI loads a folder like a user's
+    out = tmp_path / "engines"
+    argv = ["build", str(tmp_path / "model"), "--out", str(out), "--tp", str(WORLD), "--no-progress"]
+    argv += ["--max-batch-size", str(MAX_BATCH), "--max-seq-len", str(MAX_SEQ), "--cache-dir", str(engine_cache)]
+    assert main(argv) == 0
+    for rank in range(WORLD):
+        assert {p.name for p in (out / f"rank{rank}").iterdir()} >= {"prefill.engine", "decode.engine", "manifest.json"}
+    assert f"rank {WORLD - 1} of {WORLD}:" in capsys.readouterr().out

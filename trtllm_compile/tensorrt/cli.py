@@ -30,6 +30,7 @@ def add_build_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-num-tokens", type=int, default=None, help="prefill tokens per sequence")
     parser.add_argument("--refittable", action="store_true", help="build engines whose weights can be refit")
     parser.add_argument("--partition", action="store_true", help="run unconvertible ops in PyTorch between engines")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one engine pair each, OUT/rank<r>)")
     parser.add_argument("--cache-dir", default=None, help="engine cache folder (default: the trtllm_compile cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_build)
@@ -42,8 +43,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     model, tokenizer = load_model(args.model)
-    result = build(
-        model,
+    options = dict(
         max_batch_size=args.max_batch_size,
         max_seq_len=args.max_seq_len,
         max_num_tokens=args.max_num_tokens,
@@ -56,5 +56,14 @@ def run_build(args: argparse.Namespace) -> int:
         tokenizer=tokenizer,
         progress=not args.no_progress,
     )
-    print(result.summary())  # noqa: T201  (the CLI's output)
+    if args.tp > 1:
+        from trtllm_compile.tensorrt.parallel import build_rank_engines
+
+        results = build_rank_engines(model, args.tp, **options)
+    else:
+        results = [build(model, **options)]
+    for rank, result in enumerate(results):
+        if len(results) > 1:
+            print(f"rank {rank} of {len(results)}:")  # noqa: T201  (the CLI's output)
+        print(result.summary())  # noqa: T201
     return 0
