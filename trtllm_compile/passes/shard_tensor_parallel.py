@@ -9,6 +9,11 @@
 - embedding: vocab-parallel (ids outside the rank's rows read zeros, then an all-reduce); LM head: column-
   parallel over the (padded) vocabulary, then an all-gather of the logits.
 
+Quantized GEMMs (trtllm::fp8/int8/int4_linear) are split like float ones, their scales with their weights (see
+parallel/rewrites.py); the smoothing multiply SmoothQuant / AWQ put before a row-parallel GEMM keeps the same input
+columns, and the FP8 K/V round trip (per-layer scalar scales) passes through unchanged. A row-parallel INT4 GEMM
+whose groups straddle a rank boundary cannot be cut: its block stays replicated, with the reason logged.
+
 A row-parallel GEMM's bias is added once, after the all-reduce. Weights are sliced here, as copies, and the full
 tensors leave the graph module. Rewritten nodes carry `meta["tensor_parallel"]` ("column", "row", "vocab",
 "vocab_column"). A layer the pass does not recognize stays replicated: still correct, and logged as such.
@@ -26,7 +31,15 @@ import torch.fx
 
 from trtllm_compile.fx_utils import aten, is_op, val
 from trtllm_compile.parallel.config import TensorParallelConfig, balanced_range, shard_heads
-from trtllm_compile.parallel.rewrites import NotShardable, Part, ShardWriter, refresh_values
+from trtllm_compile.parallel.rewrites import (
+    GEMMS,
+    NotShardable,
+    Part,
+    ShardWriter,
+    operand,
+    refresh_values,
+    row_split_blocker,
+)
 from trtllm_compile.passes.registry import Stage, register_pass
 
 logger = logging.getLogger(__name__)
@@ -44,8 +57,16 @@ _HEADWISE = (
     aten.to.dtype,
     trtllm.rope.default,
     trtllm.rms_norm.default,
+    trtllm.fp8_qdq.default,  # FP8 K/V with one scale per layer
 )
-_LAYOUT = (*_RESHAPES, aten.transpose.int, aten.permute.default, aten.clone.default, aten._to_copy.default)
+_LAYOUT = (
+    *_RESHAPES,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.clone.default,
+    aten.contiguous.default,
+    aten._to_copy.default,
+)
 
 
 @dataclass
@@ -58,13 +79,14 @@ class _Unit:
     row: torch.fx.Node | None = None
     row_keep: tuple[int, int] = (0, 0)
     reshapes: list[tuple[torch.fx.Node, list]] = field(default_factory=list)
+    multipliers: list[torch.fx.Node] = field(default_factory=list)  # x * per-channel scale before the row GEMM
 
 
 def _source(node: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, int, int]:
     """(linear, consumer, start, end) when `node` reads output features [start, end) of a linear."""
-    if is_op(node, aten.linear.default):
+    if is_op(node, *GEMMS):
         return node, node, 0, val(node).shape[-1]
-    if is_op(node, aten.slice.Tensor) and is_op(node.args[0], aten.linear.default):
+    if is_op(node, aten.slice.Tensor) and is_op(node.args[0], *GEMMS):
         linear, dim, start, end = node.args[0], *node.args[1:4]
         width = val(linear).shape[-1]
         if dim in (-1, val(linear).dim() - 1) and (len(node.args) < 5 or node.args[4] == 1):
@@ -73,7 +95,7 @@ def _source(node: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, int, int
         split, index = node.args
         linear, sizes = split.args[0], split.args[1]
         dim = split.args[2] if len(split.args) > 2 else 0
-        if is_op(linear, aten.linear.default) and dim in (-1, val(linear).dim() - 1):
+        if is_op(linear, *GEMMS) and dim in (-1, val(linear).dim() - 1):
             width = val(linear).shape[-1]
             bounds = [*range(0, width, sizes), width] if isinstance(sizes, int) else [*accumulate(sizes, initial=0)]
             return linear, node, bounds[index], bounds[index + 1]
@@ -93,18 +115,46 @@ def _trace_back(node: torch.fx.Node, allowed) -> tuple[torch.fx.Node, torch.fx.N
             node = node.args[0]
 
 
+def _is_input_multiplier(node: torch.fx.Node) -> bool:
+    """x * m with m a frozen [] or [K] scale over x's last dim (quantize_linear's smoothing of a GEMM input)."""
+    if not is_op(node, aten.mul.Tensor) or not isinstance(node.args[1], torch.fx.Node):
+        return False
+    multiplier, x = val(node.args[1]), val(node.args[0])
+    return (
+        node.args[1].op == "get_attr"
+        and isinstance(multiplier, torch.Tensor)
+        and (multiplier.dim() == 0 or (multiplier.dim() == 1 and multiplier.shape[0] == x.shape[-1]))
+    )
+
+
 def _trace_forward(node: torch.fx.Node) -> tuple[torch.fx.Node, list[torch.fx.Node]]:
-    """Walk from an attention/MLP output through layout ops to the GEMM that reads it (the row-parallel one)."""
+    """Walk from an attention/MLP output through layout ops (and an input smoothing multiply) to the GEMM that
+    reads it (the row-parallel one)."""
     chain = []
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if is_op(user, aten.linear.default) and user.args[0] is node:
+        if is_op(user, *GEMMS) and user.args[0] is node:
             return user, chain
-        if not is_op(user, *_LAYOUT) or user.args[0] is not node:
+        if not (is_op(user, *_LAYOUT) or _is_input_multiplier(user)) or user.args[0] is not node:
             break
         chain.append(user)
         node = user
     raise NotShardable(f"{node} does not feed one GEMM through layout ops only")
+
+
+def _set_row(unit: _Unit, node: torch.fx.Node, keeps: list[tuple[int, int]], rank: int, full: int, per_row: int):
+    """The unit's row-parallel GEMM after `node`, keeping input columns keeps[rank] (keeps: every rank's)."""
+    unit.row, chain = _trace_forward(node)
+    blocker = row_split_blocker(unit.row, keeps)
+    if blocker is not None:
+        raise NotShardable(f"{blocker}; the whole {unit.kind} block stays replicated with it")
+    unit.row_keep = keeps[rank]
+    local = (keeps[rank][1] - keeps[rank][0]) // per_row
+    unit.reshapes += _local_reshapes(chain, full, local, per_row)
+    unit.multipliers = [n for n in chain if is_op(n, aten.mul.Tensor)]
+    inputs = val(unit.row.args[0]).shape[-1]
+    if any(val(m.args[1]).dim() and val(m.args[1]).shape[0] != inputs for m in unit.multipliers):
+        raise NotShardable(f"{unit.row} has an input multiply whose scale is not one per input channel")
 
 
 def _local_sizes(node: torch.fx.Node, full: int, local: int, per_row: int) -> list | None:
@@ -152,9 +202,8 @@ def _plan_attention(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit:
     for x, dim in ((k, head_dim), (v, v_dim)):
         keep = (heads.kv_start * dim, heads.kv_end * dim)
         _add_part(unit, _trace_back(x, _HEADWISE), keep, num_kv * dim, num_kv, heads.num_kv_heads, dim)
-    unit.row, chain = _trace_forward(node)
-    unit.row_keep = (heads.q_start * v_dim, heads.q_end * v_dim)
-    unit.reshapes += _local_reshapes(chain, num_heads, heads.num_heads, v_dim)
+    every = [shard_heads(num_heads, num_kv, tp.world_size, rank) for rank in range(tp.world_size)]
+    _set_row(unit, node, [(s.q_start * v_dim, s.q_end * v_dim) for s in every], tp.rank, num_heads, v_dim)
     return unit
 
 
@@ -165,10 +214,19 @@ def _plan_mlp(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit:
     unit = _Unit("mlp")
     for x in (gate, up) if up is not None else (gate,):
         _add_part(unit, _trace_back(x, _LAYOUT), keep, width, width, keep[1] - keep[0], 1)
-    unit.row, chain = _trace_forward(node)
-    unit.row_keep = keep
-    unit.reshapes += _local_reshapes(chain, width, keep[1] - keep[0], 1)
+    every = [balanced_range(width, tp.world_size, rank) for rank in range(tp.world_size)]
+    _set_row(unit, node, every, tp.rank, width, 1)
     return unit
+
+
+def _check_frozen(unit: _Unit) -> None:
+    """Every tensor operand of the unit's GEMMs (weights, scales, biases) is a constant the writer can slice."""
+    for gemm in [*unit.parts, unit.row]:
+        layout = GEMMS[gemm.target]
+        for index in (layout.weight, layout.bias, *layout.per_row, *layout.per_group, *layout.per_input):
+            arg = operand(gemm, index)
+            if isinstance(arg, torch.fx.Node) and arg.op != "get_attr":
+                raise NotShardable(f"{gemm} reads {arg} as a weight or scale, which is not a frozen constant")
 
 
 def _check_consumers(unit: _Unit) -> None:
@@ -191,6 +249,7 @@ def _plan(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit | None:
     else:
         return None
     _check_consumers(unit)
+    _check_frozen(unit)
     return unit
 
 
@@ -199,7 +258,7 @@ def _lm_head(gm: torch.fx.GraphModule) -> torch.fx.Node | None:
     output = next(n for n in gm.graph.nodes if n.op == "output")
     node = output.args[0][0] if isinstance(output.args[0], tuple | list) else output.args[0]
     while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.args:
-        if is_op(node, aten.linear.default):
+        if is_op(node, *GEMMS):
             return node if len(node.users) == 1 else None
         node = node.args[0]
     return None
@@ -236,6 +295,8 @@ def shard_tensor_parallel(gm: torch.fx.GraphModule, config) -> int:
     for unit in units:
         for linear, parts in unit.parts.items():
             writer.column_parallel(linear, parts)
+        for mul in unit.multipliers:
+            writer.input_multiplier(mul, unit.row_keep)
         writer.row_parallel(unit.row, unit.row_keep)
         for node, sizes in unit.reshapes:
             node.update_arg(1, sizes)
