@@ -4,6 +4,9 @@ decode kernel over the single-token rows, and SDPA (flash) over each prefill's o
 Contract with the runner (model_runner.py): decode rows come first, and a prefill row starts at position 0,
 so its keys are exactly its own tokens. No host synchronization happens here (sequence boundaries come from
 the host copy of `query_start_loc`), which keeps decode steps capturable in CUDA graphs.
+
+With an FP8 cache (`k_scale` / `v_scale`), K/V are quantized once: those bytes are written to the cache, and
+prefills attend to their dequantized values, which is what the decode kernel later reads back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 from torch import Tensor
 
 from trtllm_compile.kernels.paged_attention import paged_decode_attention
-from trtllm_compile.ops.paged_attention import write_kv_cache
+from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, check_kv_scales, load_kv, store_kv, write_kv_cache
 
 
 def paged_attention(
@@ -28,8 +31,16 @@ def paged_attention(
     scale: float,
     sliding_window: int = -1,
     softcap: float = 0.0,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> Tensor:
-    write_kv_cache(kv_cache, layer, k, v, slot_mapping)
+    check_kv_scales(kv_cache, k_scale, v_scale)
+    if k_scale is not None:
+        k_stored, v_stored = store_kv(k, k_scale, FP8_KV_DTYPE), store_kv(v, v_scale, FP8_KV_DTYPE)
+        write_kv_cache(kv_cache, layer, k_stored, v_stored, slot_mapping)
+        k, v = load_kv(k_stored, k_scale, k.dtype), load_kv(v_stored, v_scale, v.dtype)  # = fp8_qdq(k), (v)
+    else:
+        write_kv_cache(kv_cache, layer, k, v, slot_mapping)
     starts = host_query_start_loc.tolist()
     lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
@@ -44,6 +55,8 @@ def paged_attention(
             scale,
             softcap,
             sliding_window,
+            k_scale=k_scale,
+            v_scale=v_scale,
         )
         out[0, :, :num_decodes] = decoded.transpose(0, 1)
     for start, end in zip(starts[num_decodes:-1], starts[num_decodes + 1 :], strict=True):

@@ -4,6 +4,10 @@ One program per (sequence, KV head, split) serves all query heads of the group, 
 Positions are gathered token by token through the block table (slot = block * PAGE + pos % PAGE), which
 keeps the tile size independent of the page size. When sequences x KV heads cannot fill the GPU, the context
 is split into partitions whose partial (max, sum, unnormalized output) are merged by a second kernel.
+
+An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is dequantized as it is loaded: each K/V tile
+becomes (fp8 -> fp32) * scale, rounded to q's dtype, which is `trtllm::fp8_qdq`'s read. FP8 loads need a GPU
+of compute capability 8.9 or newer (Triton's float8e4nv).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor
 
 from trtllm_compile.kernels import autotune, is_interpreted
 from trtllm_compile.kernels.activation import tanh
+from trtllm_compile.ops.paged_attention import load_kv
 
 _CONFIGS = [
     triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
@@ -27,13 +32,13 @@ _MIN_PARTITION = 64  # tokens per split: below this the merge costs more than th
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, k_scale_ptr, v_scale_ptr,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_on, stride_oh,
     num_q_heads, num_splits, partition, scale, softcap, sliding_window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    KV_FP8: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -53,6 +58,9 @@ def _paged_decode_kernel(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
+    if KV_FP8:
+        k_scale = tl.load(k_scale_ptr).to(tl.float32)
+        v_scale = tl.load(v_scale_ptr).to(tl.float32)
 
     bt_row = bt_ptr + n * stride_bt
     pos = lo + tl.arange(0, BLOCK_N)
@@ -68,6 +76,9 @@ def _paged_decode_kernel(
         k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         block = tl.load(bt_row + (pos + BLOCK_N) // PAGE, mask=pos + BLOCK_N < hi, other=0)
+        if KV_FP8:  # dequantize as fp8_qdq does: fp32 product, rounded to the query dtype
+            k = (k.to(tl.float32) * k_scale).to(q.dtype)
+            v = (v.to(tl.float32) * v_scale).to(q.dtype)
         if USE_DOT:  # tensor cores, query heads padded to 16 rows
             if FP32:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -125,7 +136,7 @@ def _merge_splits_kernel(
     tl.store(out_ptr + n * stride_on + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-_paged_decode_tuned = autotune(_CONFIGS, key=["GROUP", "HEAD_DIM", "PAGE", "SPLIT", "SOFTCAP", "WINDOW"])(
+_paged_decode_tuned = autotune(_CONFIGS, key=["GROUP", "HEAD_DIM", "PAGE", "SPLIT", "SOFTCAP", "WINDOW", "KV_FP8"])(
     _paged_decode_kernel
 )
 INTERPRETED: bool = is_interpreted(_paged_decode_kernel)
@@ -160,16 +171,19 @@ def paged_decode_attention(
     sliding_window: int = -1,
     out: Tensor | None = None,
     partition_size: int | None = None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> Tensor:
     """One decode step: q [N, Hq, D] attends to the first seq_lens[n] cached positions of sequence n.
 
     k_cache/v_cache: [num_blocks, PAGE, Hkv, D]; block_tables: [N, max_blocks] int32; seq_lens: [N] int32,
     each <= max_blocks * PAGE. `partition_size` forces the split-K partition (tokens); None picks one from the
-    GPU's SM count. CPU tensors run the PyTorch reference unless Triton's interpreter is on.
+    GPU's SM count. `k_scale` / `v_scale` ([] float32): the caches are float8_e4m3fn, dequantized on load.
+    CPU tensors run the PyTorch reference unless Triton's interpreter is on.
     """
     if q.device.type == "cpu" and not INTERPRETED:
         return paged_decode_attention_reference(
-            q, k_cache, v_cache, block_tables, seq_lens, scale, softcap, sliding_window, out
+            q, k_cache, v_cache, block_tables, seq_lens, scale, softcap, sliding_window, out, k_scale, v_scale
         )
     n_seq, hq, head_dim = q.shape
     _, page, hkv, _ = k_cache.shape
@@ -178,8 +192,17 @@ def paged_decode_attention(
             f"q {tuple(q.shape)} / k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)}: need "
             "Hq a multiple of Hkv and equal head dims (caches are [num_blocks, block_size, Hkv, D])"
         )
-    if page & (page - 1) or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"block size {page} must be a power of two and q/k/v share one dtype")
+    fp8 = k_scale is not None
+    if fp8 != (v_scale is not None):
+        raise ValueError("an FP8 cache needs both k_scale and v_scale")
+    cache_dtype = torch.float8_e4m3fn if fp8 else q.dtype
+    if page & (page - 1) or k_cache.dtype != cache_dtype or v_cache.dtype != cache_dtype:
+        raise ValueError(
+            f"block size {page} must be a power of two and the caches {cache_dtype} (q's dtype, or "
+            f"float8_e4m3fn with k_scale / v_scale), not {k_cache.dtype} / {v_cache.dtype}"
+        )
+    if fp8 and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 9):
+        raise ValueError("an FP8 KV cache needs a GPU of compute capability 8.9 or newer; use kv_cache=None")
     out = torch.empty((n_seq, hq, head_dim), dtype=q.dtype, device=q.device) if out is None else out
     if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache, out)):
         raise ValueError("q, k_cache, v_cache and out need a contiguous last (head) dim")
@@ -199,13 +222,16 @@ def paged_decode_attention(
     m = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
     lse = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
     acc = torch.empty((n_seq, hq, splits, head_dim), **f32) if splits > 1 else out
+    if fp8:  # a no-op for the graph's constants, which live on the device (the kernel reads them as fp32)
+        k_scale, v_scale = k_scale.to(q.device), v_scale.to(q.device)
     _paged_decode_tuned[(n_seq, hkv, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, m, lse, acc,
+        k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         block_tables.stride(0), out.stride(0), out.stride(1),
         hq, splits, partition, float(scale), float(softcap), int(sliding_window),
         GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
-        WINDOW=sliding_window > 0, USE_DOT=use_dot, FP32=q.dtype == torch.float32,
+        WINDOW=sliding_window > 0, USE_DOT=use_dot, FP32=q.dtype == torch.float32, KV_FP8=fp8,
         BLOCK_G=block_g, BLOCK_D=block_d,
     )  # fmt: skip
     if splits > 1:
@@ -226,16 +252,19 @@ def paged_decode_attention_reference(
     softcap: float = 0.0,
     sliding_window: int = -1,
     out: Tensor | None = None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> Tensor:
-    """Gather each sequence's K/V from its blocks and run plain fp32 softmax attention (same signature)."""
+    """Gather each sequence's K/V from its blocks and run plain fp32 softmax attention (same signature; an FP8
+    cache is dequantized into q's dtype first, as the kernel does)."""
     n_seq, hq, head_dim = q.shape
     page, hkv = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q) if out is None else out
     for i, length in enumerate(seq_lens.tolist()):
         first = max(0, length - sliding_window) if sliding_window > 0 else 0
         blocks = block_tables[i, : -(-length // page)].long()
-        k = k_cache[blocks].reshape(-1, hkv, head_dim)[first:length].float()
-        v = v_cache[blocks].reshape(-1, hkv, head_dim)[first:length].float()
+        k = load_kv(k_cache[blocks].reshape(-1, hkv, head_dim)[first:length], k_scale, q.dtype).float()
+        v = load_kv(v_cache[blocks].reshape(-1, hkv, head_dim)[first:length], v_scale, q.dtype).float()
         k, v = k.repeat_interleave(hq // hkv, dim=1), v.repeat_interleave(hq // hkv, dim=1)  # [L, Hq, D]
         scores = torch.einsum("hd,lhd->hl", q[i].float(), k) * scale
         if softcap > 0:

@@ -4,6 +4,10 @@ Tokens of all sequences in a step are flattened into one row ([1, H, T, D], sequ
 `query_start_loc[n]:query_start_loc[n+1]`). The op first writes the step's keys/values into the cache at
 `slot_mapping` (slot = block * block_size + offset), then lets each sequence's queries attend to its first
 `context_lens[n]` cached positions, causally: the queries are the last positions of their sequence.
+
+With `k_scale` / `v_scale` (per-tensor, calibrated) the cache is FP8 E4M3: keys are stored as
+`fp8_quantize(k, k_scale)` and read back as `fp8.float() * k_scale` in the query dtype, which is exactly
+`trtllm::fp8_qdq`, so an FP8 cache computes what the quantize-dequantize before a full-precision cache did.
 """
 
 from __future__ import annotations
@@ -12,17 +16,51 @@ import torch
 from torch import Tensor
 
 from trtllm_compile.ops.attention import visibility_mask
+from trtllm_compile.ops.quant import fp8_quantize
+
+FP8_KV_DTYPE = torch.float8_e4m3fn
 
 
-def write_kv_cache(kv_cache: Tensor, layer: int, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
-    """kv_cache: [layers, 2, num_blocks, block_size, Hkv, D]; k/v: [1, Hkv, T, D]."""
-    for which, new in ((0, k), (1, v)):
+def store_kv(x: Tensor, scale: Tensor | None, cache_dtype: torch.dtype) -> Tensor:
+    """What the cache holds for `x`: x in the cache dtype, or x / scale rounded to FP8 as `fp8_qdq` rounds it."""
+    return fp8_quantize(x, scale).to(cache_dtype) if scale is not None else x.to(cache_dtype)
+
+
+def load_kv(stored: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Cached keys or values back in the compute dtype: `fp8_qdq`'s dequantize (x.float() * scale, then cast)."""
+    return (stored.float() * scale.float()).to(dtype) if scale is not None else stored.to(dtype)
+
+
+def check_kv_scales(kv_cache: Tensor, k_scale: Tensor | None, v_scale: Tensor | None) -> None:
+    if (k_scale is None) != (v_scale is None):
+        raise ValueError("an FP8 KV cache needs both k_scale and v_scale (or neither)")
+    if kv_cache.dtype == FP8_KV_DTYPE and k_scale is None:
+        raise ValueError(
+            "the KV cache is float8_e4m3fn but paged_attention got no k_scale / v_scale; quantize the graph "
+            "with QuantConfig(kv_cache='fp8') so insert_paged_attention passes the calibrated scales"
+        )
+
+
+def write_kv_cache(
+    kv_cache: Tensor,
+    layer: int,
+    k: Tensor,
+    v: Tensor,
+    slot_mapping: Tensor,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+) -> None:
+    """kv_cache: [layers, 2, num_blocks, block_size, Hkv, D]; k/v: [1, Hkv, T, D]; scales: FP8 cache."""
+    for which, new, scale in ((0, k, k_scale), (1, v, v_scale)):
         flat = kv_cache[layer, which].view(-1, *kv_cache.shape[-2:])
-        flat.index_copy_(0, slot_mapping, new[0].transpose(0, 1).to(flat.dtype))
+        rows = store_kv(new[0].transpose(0, 1), scale, flat.dtype)
+        if flat.dtype == FP8_KV_DTYPE:  # index_copy_ has no float8 kernels: copy the bytes
+            flat, rows = flat.view(torch.uint8), rows.view(torch.uint8)
+        flat.index_copy_(0, slot_mapping, rows)
 
 
 def gather_sequence_kv(kv_cache: Tensor, layer: int, block_table: Tensor, length: int) -> tuple[Tensor, Tensor]:
-    """The first `length` cached keys and values of one sequence, as [1, Hkv, length, D]."""
+    """The first `length` cached keys and values of one sequence, as stored: [1, Hkv, length, D]."""
     block_size = kv_cache.shape[3]
     blocks = block_table[: (length + block_size - 1) // block_size].long()
     k = kv_cache[layer, 0, blocks].flatten(0, 1)[:length]
@@ -44,17 +82,20 @@ def paged_attention(
     scale: float,
     sliding_window: int = -1,
     softcap: float = 0.0,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
 ) -> Tensor:
-    """q: [1, Hq, T, D], k/v: [1, Hkv, T, D] -> [1, Hq, T, D]; `host_query_start_loc` is a CPU tensor."""
-    write_kv_cache(kv_cache, layer, k, v, slot_mapping)
+    """q: [1, Hq, T, D], k/v: [1, Hkv, T, D] -> [1, Hq, T, D]; `host_query_start_loc` is a CPU tensor.
+    `k_scale` / `v_scale` ([] float32): the cache is float8_e4m3fn and holds K / k_scale, V / v_scale."""
+    check_kv_scales(kv_cache, k_scale, v_scale)
+    write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale)
     out = torch.empty_like(q)
     starts = host_query_start_loc.tolist()
     for n, (start, end) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
         length = int(context_lens[n])
         keys, values = gather_sequence_kv(kv_cache, layer, block_tables[n], length)
-        out[:, :, start:end] = _attend(
-            q[:, :, start:end], keys.to(q.dtype), values.to(q.dtype), scale, sliding_window, softcap
-        )
+        keys, values = load_kv(keys, k_scale, q.dtype), load_kv(values, v_scale, q.dtype)
+        out[:, :, start:end] = _attend(q[:, :, start:end], keys, values, scale, sliding_window, softcap)
     return out
 
 
@@ -79,5 +120,7 @@ def _(
     scale,
     sliding_window=-1,
     softcap=0.0,
+    k_scale=None,
+    v_scale=None,
 ):
     return torch.empty_like(q)

@@ -4,8 +4,9 @@ trtllm::attention(q, k, v, ...)  ->  trtllm::attention(q, fp8_qdq(k, k_scale), f
 
 The scales come from the calibration's K/V ranges of the attention module, found by walking back from the
 attention's V to the GEMM producing it (its weight names the layer). A KV-cache target replaces the
-quantize-dequantize pair with an FP8 cache write and read, keeping the scales. Attention whose inputs already
-pass through `fp8_qdq` (a model quantized with `kv_cache="fp8"`) is left alone.
+quantize-dequantize pair with an FP8 cache write and read, keeping the scales (insert_paged_attention stores
+the paged cache in FP8). Attention whose inputs already pass through `fp8_qdq` (a model quantized with
+`kv_cache="fp8"`) is left alone.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def quantize_kv_cache(gm: torch.fx.GraphModule, config) -> int:
         for index, (arg, scale) in enumerate(
             zip((k, v), kv_scales(*qconfig.calibration.kv_amax[layer]), strict=True), start=1
         ):
+            device = getattr(arg.meta.get("val"), "device", None)  # a CUDA kernel reads the scale on the GPU
+            scale = scale.to(device) if device is not None else scale
             scale_node = insert_constant(gm, scale, f"{layer}_{'kv'[index - 1]}_scale")
             with gm.graph.inserting_before(node):
                 rounded = gm.graph.call_function(trtllm.fp8_qdq.default, (arg, scale_node))

@@ -67,9 +67,10 @@ class ModelRunner:
         self.graph_sizes = [b for b in CUDA_GRAPH_BATCH_SIZES if b <= max_batch_size]
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         logger.info(
-            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            "KV cache: %d blocks of %d tokens, %s (%.2f GiB)",
             self.num_blocks,
             block_size,
+            geometry.dtype,
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
 

@@ -25,12 +25,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CacheGeometry:
-    """What a KV cache for this graph holds per block, read from the graph's attention nodes."""
+    """What a KV cache for this graph holds per block, read from the graph's attention nodes (dtype
+    float8_e4m3fn when they store K/V in FP8 with calibrated scales)."""
 
     num_layers: int
     num_kv_heads: int
     head_dim: int
     dtype: torch.dtype
+
+    @classmethod
+    def of(cls, paged: list[torch.fx.Node]) -> CacheGeometry:
+        """The cache of these paged attentions: K's heads and size, and FP8 when they pass K/V scales."""
+        k = val(paged[0].args[1])
+        fp8 = paged[0].kwargs.get("k_scale") is not None  # insert_paged_attention scales every layer or none
+        return cls(len(paged), k.shape[1], k.shape[3], torch.float8_e4m3fn if fp8 else k.dtype)
 
 
 @dataclass
@@ -84,7 +92,6 @@ def fuse_step_graph(gm: torch.fx.GraphModule, model_config, config: CompileConfi
             "Use torch.compile(model, backend='trtllm') for this model, or add its attention pattern in "
             "trtllm_compile/passes/match_attention.py"
         )
-    k = val(paged[0].args[1])
-    geometry = CacheGeometry(len(paged), k.shape[1], k.shape[3], k.dtype)
+    geometry = CacheGeometry.of(paged)
     logger.info("step graph: %s", report.summary())
     return StepGraph(gm, geometry, report)
