@@ -212,29 +212,44 @@ def serve_triton(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-BIND_ATTEMPTS = 3
+# Appended to PyTriton 0.7's proxy `communication.py` (the file Triton's Python backend runs for each model
+# instance). Triton starts a model's instances in parallel, and PyTriton's second instance dials the first one's
+# handshake socket as soon as the socket file exists, which is between the first one's bind() and listen(): on
+# a busy machine the load fails with "Connection refused". The wrapper retries refused connections for a while.
+HANDSHAKE_RETRY = """
+
+# trtllm_compile: retry the handshake while the first instance's socket is bound but not yet listening.
+_get_config_once = get_config_from_handshake_server
 
 
-def _bind(triton, name: str, *args, **kwargs) -> None:
-    """`triton.bind`, retried when PyTriton 0.7's instance handshake races.
-
-    Triton starts a model's instances in parallel; PyTriton's second instance dials the first one's handshake
-    socket as soon as the socket file exists, which is between the first one's bind() and listen(), so on a busy
-    machine the load fails with "Connection refused". Loading the same model again is safe: PyTriton has no
-    unbind, so the failed model is dropped from its registry first, and its stale socket file with it.
-    """
-    from tritonclient.utils import InferenceServerException
-
-    for attempt in range(1, BIND_ATTEMPTS + 1):
+def get_config_from_handshake_server(socket_path, timeout_s=1.0):
+    deadline = time.time() + 60.0
+    while True:
         try:
-            triton.bind(name, *args, **kwargs)
-            return
-        except InferenceServerException as error:
-            if "handshake" not in str(error) or attempt == BIND_ATTEMPTS:
+            return _get_config_once(socket_path, timeout_s)
+        except ConnectionRefusedError:
+            if time.time() > deadline:
                 raise
-            logger.warning("loading %s raced in PyTriton's instance handshake; retrying (%d)", name, attempt)
-            triton._model_manager._models.pop((name.lower(), 1), None)
-            (triton._workspace.path / f"{name}-config.sock").unlink(missing_ok=True)
+            time.sleep(0.05)
+"""
+
+
+def patch_pytriton_handshake() -> None:
+    """Ship HANDSHAKE_RETRY with every model PyTriton loads into Triton (idempotent)."""
+    from pytriton.models.model import Model
+
+    original = Model.get_proxy_model_files
+    if getattr(original, "handshake_retry", False):
+        return
+
+    def get_proxy_model_files(self) -> dict[str, bytes]:
+        files = original(self)
+        (key,) = [name for name in files if name.endswith("/communication.py")]
+        files[key] += HANDSHAKE_RETRY.encode()
+        return files
+
+    get_proxy_model_files.handshake_retry = True
+    Model.get_proxy_model_files = get_proxy_model_files
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -270,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.tp > 1 and len(args.models) > 1:  # one torch.distributed group per process
         raise ValueError(f"--tp {args.tp} serves one model per process; start one `trtllm-compile triton` per model")
     loops, llms = [], []
+    patch_pytriton_handshake()
     with Triton(config=config) as triton:
         for model_path in args.models or [None]:
             llms.append(LLM(model_path, dtype=DTYPES[args.dtype], device=args.device, **engine_kwargs(args)))
@@ -281,9 +297,9 @@ def _run(args: argparse.Namespace) -> int:
                 max_batch_size=args.max_batch_size, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)
             )
             # Several instances: each runs one dynamic batch at a time, and the engine batches them all in flight.
-            _bind(triton, name, [model.generate] * args.instances, inputs, outputs, config=batch, strict=True)
+            triton.bind(name, [model.generate] * args.instances, inputs, outputs, config=batch, strict=True)
             stream = ModelConfig(batching=False, decoupled=True)
-            _bind(triton, f"{name}_stream", [model.generate_stream] * args.instances, inputs, outputs, config=stream)
+            triton.bind(f"{name}_stream", [model.generate_stream] * args.instances, inputs, outputs, config=stream)
             print(f"model {name}: one-shot `{name}`, streaming `{name}_stream`", flush=True)
         print(
             f"Triton on {host}: HTTP {args.http_port}, gRPC {args.grpc_port}, metrics {args.metrics_port}", flush=True
