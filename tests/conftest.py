@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# On a machine without CUDA, Triton kernels run through Triton's CPU interpreter (tests/kernels). The switch is
+# read when triton is first imported, which torch._dynamo (so any compile) does: set it before any test module
+# loads, so the tests pass in any order. On a CUDA machine the kernels compile for the GPU instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 
 import pytest
 import torch
 
-# `@triton.jit` picks the interpreter when a kernel module is imported, so this must run before any test
-# imports trtllm_compile.kernels.<family>. On a CUDA machine the kernels compile for the GPU instead.
-if not torch.cuda.is_available() and not any(m.startswith("trtllm_compile.kernels.") for m in sys.modules):
-    os.environ["TRITON_INTERPRET"] = "1"
+# Triton's interpreter is switched on for CPU-only machines in tests/conftest.py, before anything imports triton.
 # Autotuning every parametrization would compile each kernel once per config; tests check the first config
 # (the default), and one test per family turns autotuning back on with monkeypatch.
 os.environ.setdefault("TRTLLM_TRITON_AUTOTUNE", "0")
