@@ -10,8 +10,8 @@ import functools
 
 import pytest
 import torch
-from conftest import emulate_collectives, run_ranks, step_inputs
 from support import LAYERS, TINY_MODELS, rel_err
+from tp_support import emulate_collectives, run_ranks, step_inputs
 
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.fx_utils import constant_of, is_op

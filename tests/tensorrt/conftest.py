@@ -11,11 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/support.py
 
-from trtllm_compile.tensorrt import trt as flavour  # noqa: E402
+from network_support import MAX_BATCH, MAX_SEQ  # noqa: E402
 
-# Small engines: every test build uses these limits (seconds per build on two CPU cores).
-MAX_BATCH = 2
-MAX_SEQ = 32
+from trtllm_compile.tensorrt import trt as flavour  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

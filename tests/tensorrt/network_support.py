@@ -11,6 +11,10 @@ from trtllm_compile.capture import export_model, trace_aten
 from trtllm_compile.tensorrt import trt as flavour
 from trtllm_compile.tensorrt.network import ConvertedNetwork, convert_graph
 
+# Small engines: every test build uses these limits (seconds per build on two CPU cores).
+MAX_BATCH = 2
+MAX_SEQ = 32
+
 
 def new_network():
     trt = flavour.require_trt()

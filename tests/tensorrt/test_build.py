@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import MAX_BATCH, MAX_SEQ
+from network_support import MAX_BATCH, MAX_SEQ
 from support import LAYERS, TINY_MODELS
 
 from trtllm_compile.tensorrt import UnsupportedOperatorError, build

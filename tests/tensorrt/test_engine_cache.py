@@ -4,7 +4,7 @@ one weight, a setting, or the TensorRT version."""
 import time
 
 import torch
-from conftest import MAX_BATCH, MAX_SEQ
+from network_support import MAX_BATCH, MAX_SEQ
 from support import TINY_MODELS
 
 from trtllm_compile.tensorrt import build, load

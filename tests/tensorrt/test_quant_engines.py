@@ -13,8 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import MAX_BATCH, MAX_SEQ
-from network_support import builds, convert_module, layer_types
+from network_support import MAX_BATCH, MAX_SEQ, builds, convert_module, layer_types
 from support import LAYERS, TINY_MODELS
 
 from trtllm_compile.quantization import QuantConfig, calibrate

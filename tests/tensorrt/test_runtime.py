@@ -3,7 +3,7 @@ engines: the CPU case is tested here, execution only where a supported GPU is pr
 
 import pytest
 import torch
-from conftest import MAX_BATCH, MAX_SEQ
+from network_support import MAX_BATCH, MAX_SEQ
 from support import TINY_MODELS
 
 from trtllm_compile.tensorrt import (

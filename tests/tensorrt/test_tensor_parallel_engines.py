@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MAX_BATCH, MAX_SEQ
-from network_support import builds, new_network, output_shapes
+from network_support import MAX_BATCH, MAX_SEQ, builds, new_network, output_shapes
 from support import TINY_MODELS
 
 from trtllm_compile.fx_utils import constant_of, is_op
