@@ -37,22 +37,14 @@ from trtllm_compile.runtime.sampling import SamplingParams
 
 logger = logging.getLogger("tp_decode")
 
-LLAMA_2_70B = dict(
-    hidden_size=8192,
-    intermediate_size=28672,
-    num_hidden_layers=80,
-    num_attention_heads=64,
-    num_key_value_heads=8,
-    vocab_size=32000,
-    max_position_embeddings=4096,
-)
+LLAMA_2_70B = SHAPES["llama-2-70b"][1]
 DEVICE = "cuda:0"  # rank 0's device, and TP=1's
 _POOL = 16_777_213  # a prime: row starts of a tiled weight never coincide
 
 
 def seeded_model(shape: str, num_layers: int, seed: int = 0) -> torch.nn.Module:
     """A bf16 model on the CPU with fast, reproducible weights (the same on every rank that calls this)."""
-    fields = LLAMA_2_70B if shape == "llama-2-70b" else SHAPES[shape][1]
+    fields = SHAPES[shape][1]
     config = transformers.LlamaConfig(**{**fields, "num_hidden_layers": num_layers})
     config.eos_token_id = None
     with torch.device("meta"):

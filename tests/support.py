@@ -28,6 +28,9 @@ class TinyModel:
     model_class: str
     config: dict
 
+    def with_config(self, **overrides) -> TinyModel:
+        return TinyModel(self.name, self.config_class, self.model_class, {**self.config, **overrides})
+
     def build(self, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         config = getattr(transformers, self.config_class)(**self.config)
         config._attn_implementation = attn_implementation
@@ -88,3 +91,23 @@ TINY_MODELS = {
         dict(vocab_size=256, n_embd=64, n_layer=LAYERS, n_head=4, rotary_dim=8, n_positions=128),
     ),
 }
+
+
+def generating_model(name: str, **overrides) -> torch.nn.Module:
+    """A tiny model that runs every request to its length (random weights: no EOS), `overrides` on its config."""
+    model = TINY_MODELS[name].with_config(**overrides).build()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def random_prompts(lengths=(3, 9, 5, 12, 1, 7)) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(1, 256, (n,), generator=generator).tolist() for n in lengths]
+
+
+def hf_greedy(model, prompt: list[int], max_new: int) -> list[int]:
+    """Hugging Face generate's greedy continuation of one prompt."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False)
+    return out[0, len(prompt) :].tolist()

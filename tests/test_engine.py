@@ -3,7 +3,7 @@ when, and every block comes back."""
 
 import pytest
 import torch
-from support import TINY_MODELS
+from support import TINY_MODELS, generating_model, hf_greedy, random_prompts
 
 import trtllm_compile
 from trtllm_compile.runtime.engine import EngineConfig, LLMEngine
@@ -13,29 +13,11 @@ from trtllm_compile.runtime.sampling import SamplingParams
 MAX_NEW = 8
 
 
-def _model(name: str):
-    model = TINY_MODELS[name].build()
-    model.generation_config.eos_token_id = None  # random weights: run every request to its length
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def _prompts(lengths=(3, 9, 5, 12, 1, 7)):
-    generator = torch.Generator().manual_seed(0)
-    return [torch.randint(1, 256, (n,), generator=generator).tolist() for n in lengths]
-
-
-def _hf_greedy(model, prompt: list[int], max_new: int = MAX_NEW) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False)
-    return out[0, len(prompt) :].tolist()
-
-
 @pytest.mark.parametrize("name", list(TINY_MODELS))
 def test_requests_joining_mid_flight_get_hf_greedy_tokens(name):
-    model = _model(name)
-    prompts = _prompts()
-    expected = [_hf_greedy(model, p) for p in prompts]
+    model = generating_model(name)
+    prompts = random_prompts()
+    expected = [hf_greedy(model, p, MAX_NEW) for p in prompts]
     engine = LLMEngine(model, None, EngineConfig(max_batch_size=4, max_num_tokens=64))
     params = SamplingParams(max_tokens=MAX_NEW, temperature=0.0)
     done, pending, step = {}, list(enumerate(prompts)), 0
@@ -53,9 +35,9 @@ def test_requests_joining_mid_flight_get_hf_greedy_tokens(name):
 
 
 def test_waiting_and_preemption_when_blocks_run_out_keep_outputs_exact():
-    model = _model("llama")
-    prompts = _prompts((9, 12, 7, 10))
-    expected = [_hf_greedy(model, p, 12) for p in prompts]
+    model = generating_model("llama")
+    prompts = random_prompts((9, 12, 7, 10))
+    expected = [hf_greedy(model, p, 12) for p in prompts]
     # 6 blocks of 4 tokens cannot hold four 20-token sequences: requests wait and get preempted.
     llm = LLM(model, max_batch_size=4, max_num_tokens=24, block_size=4, num_blocks=6)
     outputs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0))
@@ -64,8 +46,8 @@ def test_waiting_and_preemption_when_blocks_run_out_keep_outputs_exact():
 
 
 def test_hf_generate_shim_takes_a_padded_batch_and_returns_hf_layout():
-    model = _model("qwen2")
-    prompts = _prompts((4, 10, 6))
+    model = generating_model("qwen2")
+    prompts = random_prompts((4, 10, 6))
     width = max(map(len, prompts))
     input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
@@ -81,14 +63,14 @@ def test_hf_generate_shim_takes_a_padded_batch_and_returns_hf_layout():
 
 
 def test_sampling_is_reproducible_with_a_seed_and_stops_on_stop_tokens():
-    model = _model("llama")
+    model = generating_model("llama")
     llm = LLM(model, max_batch_size=4, max_num_tokens=64)
     params = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.9, top_k=20, seed=7)
-    first, second = llm.generate([_prompts()[1]] * 2, [params, params])
+    first, second = llm.generate([random_prompts()[1]] * 2, [params, params])
     assert first.token_ids == second.token_ids
     stop_at = first.token_ids[3]
     (stopped,) = llm.generate(
-        [_prompts()[1]],
+        [random_prompts()[1]],
         SamplingParams(max_tokens=10, temperature=0.9, top_p=0.9, top_k=20, seed=7, stop_token_ids=[stop_at]),
     )
     assert stopped.token_ids == first.token_ids[: first.token_ids.index(stop_at) + 1]
@@ -96,7 +78,7 @@ def test_sampling_is_reproducible_with_a_seed_and_stops_on_stop_tokens():
 
 
 def test_prompt_longer_than_the_engine_allows_is_rejected_and_nothing_leaks():
-    llm = LLM(_model("llama"), max_batch_size=2, max_num_tokens=16)
+    llm = LLM(generating_model("llama"), max_batch_size=2, max_num_tokens=16)
     with pytest.raises(ValueError):
         llm.generate([list(range(1, 40))], SamplingParams(max_tokens=4))
     (ok,) = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0.0))
@@ -120,7 +102,7 @@ class _ByteTokenizer:
 
 
 def test_streamed_deltas_hold_back_half_decoded_characters():
-    model = _model("llama")
+    model = generating_model("llama")
     engine = LLMEngine(model, _ByteTokenizer(), EngineConfig(max_batch_size=2, max_num_tokens=64))
     request_id = engine.add_request([1, 2, 3], SamplingParams(max_tokens=3, temperature=0.0))
     request = engine._requests[request_id]

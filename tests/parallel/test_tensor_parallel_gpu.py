@@ -6,7 +6,8 @@ import copy
 
 import pytest
 import torch
-from test_tensor_parallel_llm import GREEDY, _model, _prompts
+from support import generating_model, random_prompts
+from test_tensor_parallel_llm import GREEDY
 
 from trtllm_compile.runtime.llm import LLM
 
@@ -18,8 +19,8 @@ pytestmark = [
 
 @pytest.mark.parametrize(("name", "overrides"), [("llama", {}), ("qwen2", {"num_key_value_heads": 1})])
 def test_tp2_on_two_gpus_gives_the_one_gpu_greedy_tokens(name, overrides):
-    model = _model(name, **overrides)  # on the CPU: each rank moves its own shard to its GPU
-    prompts = _prompts()
+    model = generating_model(name, **overrides)  # on the CPU: each rank moves its own shard to its GPU
+    prompts = random_prompts()
     config = dict(max_batch_size=8, max_num_tokens=128)
     expected = LLM(copy.deepcopy(model).to("cuda:0"), **config).generate(prompts, GREEDY)
     with LLM(model, tensor_parallel_size=2, device="cuda", **config) as llm:

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
-from support import TINY_MODELS
+from support import generating_model, hf_greedy, random_prompts
 
 from trtllm_compile.parallel.runner import pack_batch, unpack_batch
 from trtllm_compile.runtime.llm import LLM
@@ -22,25 +21,6 @@ from trtllm_compile.runtime.scheduler import ScheduledBatch, ScheduledSequence
 
 MAX_NEW = 8
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0)
-
-
-def _model(name: str, **overrides):
-    base = TINY_MODELS[name]
-    model = type(base)(base.name, base.config_class, base.model_class, {**base.config, **overrides}).build()
-    model.generation_config.eos_token_id = None  # random weights: run every request to its length
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def _prompts(lengths=(3, 9, 5, 12, 1, 7)):
-    generator = torch.Generator().manual_seed(0)
-    return [torch.randint(1, 256, (n,), generator=generator).tolist() for n in lengths]
-
-
-def _hf_greedy(model, prompt: list[int], max_new: int = MAX_NEW) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False)
-    return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.slow
@@ -59,9 +39,9 @@ def test_tp2_gives_the_tp1_greedy_tokens_on_smollm2_real_weights(smollm2):
 
 
 def test_tp2_requests_joining_mid_flight_on_one_kv_head_with_bias():
-    model = _model("qwen2", num_key_value_heads=1, max_position_embeddings=256)  # q/k/v biases; 1 KV head
-    prompts = _prompts((120, 140, 130, 135, 3, 9, 5, 12, 1, 7))
-    expected = [_hf_greedy(model, p) for p in prompts]
+    model = generating_model("qwen2", num_key_value_heads=1, max_position_embeddings=256)  # q/k/v biases; 1 KV head
+    prompts = random_prompts((120, 140, 130, 135, 3, 9, 5, 12, 1, 7))
+    expected = [hf_greedy(model, p, MAX_NEW) for p in prompts]
     config = dict(max_batch_size=8, max_num_tokens=640)
     with LLM(model, tensor_parallel_size=2, device="cpu", **config) as llm:
         # The four long prompts start together (a step whose batch needs a second control message), then a
@@ -80,9 +60,9 @@ def test_tp2_requests_joining_mid_flight_on_one_kv_head_with_bias():
 
 
 def test_tp2_waiting_and_preemption_keep_outputs_exact():
-    model = _model("llama")  # 4 heads, 2 KV heads: one of each group per rank
-    prompts = _prompts((9, 12, 7, 10))
-    expected = [_hf_greedy(model, p, 12) for p in prompts]
+    model = generating_model("llama")  # 4 heads, 2 KV heads: one of each group per rank
+    prompts = random_prompts((9, 12, 7, 10))
+    expected = [hf_greedy(model, p, 12) for p in prompts]
     # 6 blocks of 4 tokens cannot hold four 20-token sequences: requests wait and get preempted.
     config = dict(max_batch_size=4, max_num_tokens=24, block_size=4, num_blocks=6)
     with LLM(model, tensor_parallel_size=2, device="cpu", **config) as llm:
@@ -97,7 +77,7 @@ class _FailsOnRank1:
     def __call__(self):
         if dist.is_initialized() and dist.get_rank() == 1:
             raise RuntimeError("no such checkpoint")
-        return _model("llama")
+        return generating_model("llama")
 
 
 def test_a_rank_that_fails_to_start_is_reported_not_waited_for():
@@ -124,8 +104,8 @@ def _free_port() -> int:
 
 
 def test_torchrun_launch_gives_the_same_tokens():
-    prompts = _prompts((5, 3))
-    expected = [_hf_greedy(_model("qwen2"), p) for p in prompts]
+    prompts = random_prompts((5, 3))
+    expected = [hf_greedy(generating_model("qwen2"), p, MAX_NEW) for p in prompts]
     here = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parents[1])])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]

@@ -31,6 +31,18 @@ SHAPES: dict[str, tuple[str, dict]] = {
             max_position_embeddings=8192,
         ),
     ),
+    "llama-2-70b": (  # more than one GPU holds: use --num-layers, or --tp
+        "LlamaConfig",
+        dict(
+            hidden_size=8192,
+            intermediate_size=28672,
+            num_hidden_layers=80,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+        ),
+    ),
     "gptj-6b": (
         "GPTJConfig",
         dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, vocab_size=50400, n_positions=2048),
