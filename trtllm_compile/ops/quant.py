@@ -255,3 +255,11 @@ def _int4_linear_cuda(x, weight, scales, zeros, group_size, bias):
     packed, scales_and_zeros = tinygemm_weight(weight, scales, zeros, group_size)
     out = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, k), packed, group_size, scales_and_zeros)
     return _finish(out, x.dtype, bias).reshape(*x.shape[:-1], n)
+
+
+# The quantized GEMMs: each takes the activation as its first argument, like aten.linear.
+QUANTIZED_LINEARS = (
+    torch.ops.trtllm.fp8_linear.default,
+    torch.ops.trtllm.int8_linear.default,
+    torch.ops.trtllm.int4_linear.default,
+)

@@ -9,16 +9,18 @@ import torch
 import torch.fx
 
 from trtllm_compile.fx_utils import aten, is_op, val
+from trtllm_compile.ops.quant import QUANTIZED_LINEARS
 from trtllm_compile.passes.registry import Stage, register_pass
 
 
 @register_pass(Stage.CACHE)
 def select_logits(gm: torch.fx.GraphModule, config) -> int:
-    """linear(hidden, lm_head) as the graph output -> linear(hidden[:, logits_indices], lm_head)."""
+    """linear(hidden, lm_head) as the graph output -> linear(hidden[:, logits_indices], lm_head) (or a quantized
+    linear: the rows it quantizes per token or per tensor are selected before it just the same)."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
     logits = output.args[0][0] if isinstance(output.args[0], tuple | list) else output.args[0]
     head = logits
-    while not is_op(head, aten.linear.default):  # elementwise tails such as final logit soft-capping
+    while not is_op(head, aten.linear.default, *QUANTIZED_LINEARS):  # tails such as final logit soft-capping
         if not isinstance(head, torch.fx.Node) or head.op != "call_function" or not head.args:
             raise ValueError(f"the step graph's logits do not come from an LM head GEMM ({logits})")
         head = head.args[0]
