@@ -73,9 +73,8 @@ def test_every_rank_builds_prefill_and_decode_on_cpu(rank_builds):
 def test_collectives_are_distributed_collective_layers(llama, rank_builds, networks):
     layers = llama.config.num_hidden_layers
     # An all-reduce after each row-parallel GEMM (attention o_proj, MLP down) and after the vocab-parallel
-    # embedding. The LM head stays replicated in these graphs, so no all-gather: the SHARD pass cuts it only when
-    # its output has one dynamic dim, and the TensorRT step graph's logits have two (batch, tokens).
-    all_reduces, all_gathers = 2 * layers + 1, 0
+    # embedding; one all-gather of the vocab-parallel LM head's logits.
+    all_reduces, all_gathers = 2 * layers + 1, 1
     for result, (gm, network) in zip(rank_builds, networks[1:], strict=True):
         ops = [n.target for n in collective_nodes(gm)]
         assert ops.count(c10d.all_reduce.default) == all_reduces
@@ -83,10 +82,13 @@ def test_collectives_are_distributed_collective_layers(llama, rank_builds, netwo
         for engine in result.engines.values():
             assert engine.layer_counts["DIST_COLLECTIVE"] == all_reduces + all_gathers
             assert engine.layer_counts["ATTENTION_INPUT"] == layers  # one native attention per layer, as unsharded
+        shapes = []
         for layer in _layers(network, "DIST_COLLECTIVE"):
             layer.__class__ = flavour.trt.IDistCollectiveLayer  # the Python API's downcast
             assert layer.num_ranks == WORLD
-            assert tuple(layer.get_output(0).shape) == tuple(layer.get_input(0).shape)  # all-reduces keep the shape
+            shapes.append((tuple(layer.get_input(0).shape), tuple(layer.get_output(0).shape)))
+        # all-reduces keep the shape; the all-gather stacks the ranks along dim 0 (dynamic here: the batch)
+        assert all(out[1:] == inp[1:] for inp, out in shapes)
     assert "DIST_COLLECTIVE" not in _layers_by_kind(networks[0][1])
 
 
@@ -110,12 +112,13 @@ def test_each_rank_holds_half_the_gemm_weights(llama, networks):
         tags = [tag for _, tag in sharded]
         layers = llama.config.num_hidden_layers
         assert tags.count("column") == tags.count("row") == 2 * layers  # QKV, gate/up | o_proj, down
+        assert tags.count("vocab_column") == 1 and None not in tags  # every GEMM is split
         for (shape, tag), (full_shape, _) in zip(sharded, full, strict=True):
             out_features, in_features = full_shape
             expected = {
                 "column": (out_features // WORLD, in_features),  # e.g. the fused QKV: half the heads
                 "row": (out_features, in_features // WORLD),
-                None: full_shape,  # the LM head, replicated (see above)
+                "vocab_column": (-(-out_features // WORLD), in_features),  # the LM head: the rank's vocab rows
             }[tag]
             assert shape == expected, f"{tag} GEMM {full_shape} -> {shape}"
         (table,) = [n for n in gm.graph.nodes if is_op(n, aten.embedding.default)]

@@ -240,8 +240,8 @@ class ShardWriter:
         layout = GEMMS[head.target]
         operands = self.operands(head)
         lead = list(val(head).shape[:-1])
-        if not lead or sum(not isinstance(s, int) for s in lead) > 1:
-            raise NotShardable(f"the LM head's output {tuple(val(head).shape)} has more than one dynamic dim")
+        if not lead:
+            raise NotShardable(f"the LM head's output {tuple(val(head).shape)} has no leading dims")
         updates, vocab, full = {}, None, None
         for index, (node, tensor) in operands.items():
             if index in (layout.weight, layout.bias, *layout.per_row) and tensor.dim() > 0:
@@ -249,20 +249,28 @@ class ShardWriter:
                 if index == layout.weight:
                     vocab, full = shard, rows
         set_operands(head, updates)
-        lead = [s if isinstance(s, int) else -1 for s in lead]  # the token count changes after select_logits
         world = self.tp.world_size
+        users = list(head.users)
+        gathered = insert_all_gather(self.graph, head, world, self.tp.group_name)
+        # Dynamic leading sizes are read off the head's output when the step runs: select_logits (a later pass)
+        # changes the token count, and a TensorRT step has two dynamic dims (batch, tokens).
+        anchor, sizes = gathered, []
+        for dim, size in enumerate(lead):
+            if not isinstance(size, int):
+                with self.graph.inserting_after(anchor):
+                    anchor = size = self.graph.call_function(aten.sym_size.int, (head, dim))
+            sizes.append(size)
         steps = [
-            (aten.view.default, ([world, *lead, vocab.padded],)),
+            (aten.view.default, ([world, *sizes, vocab.padded],)),
             (aten.permute.default, ([*range(1, len(lead) + 1), 0, len(lead) + 1],)),
-            (aten.reshape.default, ([*lead, world * vocab.padded],)),
+            (aten.reshape.default, ([*sizes, world * vocab.padded],)),
         ]
         if world * vocab.padded != full:
             steps.append((aten.slice.Tensor, (-1, 0, full)))
-        users = list(head.users)
-        out = insert_all_gather(self.graph, head, world, self.tp.group_name)
+        out = gathered
         for op, args in steps:  # a chain through args[0], as select_logits walks it back to the GEMM
-            with self.graph.inserting_after(out):
-                out = self.graph.call_function(op, (out, *args))
+            with self.graph.inserting_after(anchor):
+                anchor = out = self.graph.call_function(op, (out, *args))
         for user in users:
             user.replace_input_with(head, out)
         head.meta["tensor_parallel"] = "vocab_column"
