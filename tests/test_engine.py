@@ -111,3 +111,18 @@ def test_streamed_deltas_hold_back_half_decoded_characters():
         request.output_token_ids.append(token)
         deltas.append(engine._output(request).new_text)
     assert deltas == ["", "é", "!"]
+
+
+@pytest.mark.parametrize("available, expected", [(None, "full"), (2**14, "one_sequence"), (2**22, "budget")])
+def test_cpu_kv_cache_fits_a_share_of_host_memory(monkeypatch, available, expected):
+    """Default CPU cache: a full batch of full-length sequences, capped at a quarter of the available host memory,
+    and never smaller than one full-length sequence."""
+    from trtllm_compile.runtime import model_runner
+
+    monkeypatch.setattr(model_runner, "available_host_memory", lambda: available)
+    runner = LLM(generating_model("llama"), max_batch_size=64, max_num_tokens=128).engine.runner
+    per_block = runner.kv_cache[:, :, :1].numel() * runner.kv_cache.element_size()
+    full, one_sequence = 64 * runner.max_blocks_per_seq, runner.max_blocks_per_seq
+    budget = int((available or 0) * model_runner.CPU_KV_CACHE_FRACTION) // per_block
+    assert one_sequence < budget < full or expected != "budget"  # the case tests what it says
+    assert runner.num_blocks == {"full": full, "one_sequence": one_sequence, "budget": budget}[expected]

@@ -12,6 +12,7 @@ the runner must copy.
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Hashable
 
@@ -20,6 +21,17 @@ import torch
 logger = logging.getLogger(__name__)
 
 SeqId = Hashable
+
+
+CPU_KV_CACHE_FRACTION = 0.25  # of the host's available memory: weights and activations share the rest
+
+
+def available_host_memory() -> int | None:
+    """Bytes of host memory available now (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class NoFreeBlocksError(RuntimeError):

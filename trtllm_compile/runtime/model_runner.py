@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from trtllm_compile.config import CompileConfig
-from trtllm_compile.runtime.kv_cache import num_blocks_for_memory
+from trtllm_compile.runtime.kv_cache import CPU_KV_CACHE_FRACTION, available_host_memory, num_blocks_for_memory
 from trtllm_compile.runtime.scheduler import ScheduledBatch
 from trtllm_compile.runtime.step_graph import build_step_graph
 
@@ -86,7 +86,13 @@ class ModelRunner:
             torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info(self.device)
             return num_blocks_for_memory(free, gpu_memory_fraction, self._bytes_per_block())
-        return max_batch_size * self.max_blocks_per_seq  # CPU: room for a full batch of full sequences
+        # CPU: room for a full batch of full sequences, within a share of the host's memory (at least one sequence)
+        full_batch = max_batch_size * self.max_blocks_per_seq
+        available = available_host_memory()
+        if available is None:
+            return full_batch
+        fit = num_blocks_for_memory(available, CPU_KV_CACHE_FRACTION, self._bytes_per_block())
+        return max(self.max_blocks_per_seq, min(full_batch, fit))
 
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits [num_sequences, vocab] (float32) of each sequence's last fed token, in batch order."""
