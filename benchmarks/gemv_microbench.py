@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from trtllm_compile.bench.measure import gpu_us
 from trtllm_compile.kernels import gemv
 
 L2_FLUSH_BYTES = 256 << 20
@@ -35,29 +35,6 @@ SHAPES = {  # Llama-2-7B, bf16: name -> (N, K) of the weight
 }
 LAYER = ("qkv", "o", "gate_up", "down")
 KEYS = ("cublas_us", "ours_us")
-
-
-def gpu_us(fn, arg_sets: list[tuple], replays: int = 20) -> float:
-    """Median GPU microseconds per call, from a CUDA graph of fn over every argument set."""
-    for args in arg_sets:  # compile, tune and allocate before capture
-        fn(*args)
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for args in arg_sets:
-            fn(*args)
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(arg_sets))
-    return statistics.median(times)
 
 
 def copy_rate_gbs() -> float:

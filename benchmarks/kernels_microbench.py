@@ -15,37 +15,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from trtllm_compile.bench.measure import gpu_us
 from trtllm_compile.kernels import activation, norm, paged_attention
 from trtllm_compile.ops.norm import rms_norm_reference
 
 L2_FLUSH_BYTES = 256 << 20
-
-
-def gpu_us(fn, arg_sets: list[tuple]) -> float:
-    """Median GPU microseconds per call, from a CUDA graph of fn over every argument set."""
-    for args in arg_sets:  # compile and autotune before capture
-        fn(*args)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for args in arg_sets:
-            fn(*args)
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(arg_sets))
-    return statistics.median(times)
 
 
 def eager_and_host_us(fn, args: tuple) -> tuple[float, float]:

@@ -17,10 +17,10 @@ group 128 with zero points, tinygemm's _weight_int4pack_mm).
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
+from trtllm_compile.bench.measure import cuda_graph_us
 from trtllm_compile.ops import quant  # noqa: F401  (registers the torch.ops.trtllm quantized GEMMs)
 from trtllm_compile.quantization import QuantConfig
 from trtllm_compile.quantization.formats import quantize_weight
@@ -66,20 +66,8 @@ def time_layers(layers: list[dict], rows: int, repeats: int = 20) -> float:
             for name, (k, _) in SHAPES.items():
                 layer[name][0](inputs[k])
 
-    step()  # converts int4 weights for tinygemm and warms cuBLASLt up, outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(layers))
-    return statistics.median(times)
+    # cuda_graph_us runs step once eagerly: int4 weights convert for tinygemm and cuBLASLt warms up, uncaptured.
+    return cuda_graph_us(step, len(layers), repeats)
 
 
 def main() -> None:

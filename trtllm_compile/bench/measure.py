@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +42,37 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     _sync(device)
     return time.perf_counter() - start
+
+
+def cuda_graph_us(step: Callable[[], object], calls: int, replays: int = 20) -> float:
+    """Median GPU microseconds per call of a microbenchmark: `step` makes `calls` calls. It runs once eagerly
+    (compilation, autotuning, allocation), is captured in a CUDA graph, and the graph is replayed (no Python
+    launch cost in the figure)."""
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def gpu_us(fn: Callable, arg_sets: list[tuple], replays: int = 20) -> float:
+    """Median GPU microseconds per call of `fn` over every argument set, from one CUDA graph of them all."""
+
+    def step() -> None:
+        for args in arg_sets:
+            fn(*args)
+
+    return cuda_graph_us(step, len(arg_sets), replays)
 
 
 def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int) -> Measurement:
