@@ -62,35 +62,18 @@ class TensorParallelRunner(ModelRunner):
         tp: TensorParallelConfig,
         device: torch.device,
         control_group: dist.ProcessGroup | None,
-        max_batch_size: int,
-        max_num_tokens: int,
-        max_seq_len: int,
-        block_size: int = 16,
-        num_blocks: int | None = None,
-        gpu_memory_fraction: float = 0.9,
-        cuda_graphs: bool = True,
-        compile_config: CompileConfig | None = None,
         build_in_turn: bool = False,
         startup=None,
+        **sizing,
     ):
         """`model`: the module, or a zero-argument callable making it (called in this rank's turn, then dropped).
         `build_in_turn`: ranks build their shards one after another, so the host holds one rank's transient
         copies (unsharded model, fused and sliced weights) at a time: for models near the host's memory.
-        `startup`: launch.StartupWatch of spawned ranks (rank 0 hears of a rank that failed to build)."""
+        `startup`: launch.StartupWatch of spawned ranks (rank 0 hears of a rank that failed to build).
+        `sizing`: ModelRunner's keyword arguments (max_batch_size, max_num_tokens, ..., compile_config)."""
         self.tp, self.control_group = tp, control_group
         self._build_in_turn, self._startup = build_in_turn, startup
-        super().__init__(
-            model,
-            device=device,
-            max_batch_size=max_batch_size,
-            max_num_tokens=max_num_tokens,
-            max_seq_len=max_seq_len,
-            block_size=block_size,
-            num_blocks=num_blocks,
-            gpu_memory_fraction=gpu_memory_fraction,
-            cuda_graphs=cuda_graphs,
-            compile_config=compile_config,
-        )
+        super().__init__(model, device=device, **sizing)
         kv_heads = self.step.geometry.num_kv_heads
         logger.info("rank %d of %d on %s: %d KV heads", tp.rank, tp.world_size, self.device, kv_heads)
 
