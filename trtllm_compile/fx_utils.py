@@ -6,6 +6,8 @@ import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from trtllm_compile.ops.quant import QUANTIZED_LINEARS
+
 aten = torch.ops.aten
 
 
@@ -64,3 +66,15 @@ def sizes_equal(a, b) -> bool:
 
 def same_shape(a, b) -> bool:
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and sizes_equal(a.shape, b.shape)
+
+
+def lm_head(gm: torch.fx.GraphModule) -> torch.fx.Node | None:
+    """The GEMM (plain or quantized) the graph's logits come from, found through args[0] past elementwise tails
+    such as final logit soft-capping and, on a tensor-parallel rank, the gather of the logits; else None."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    node = output.args[0][0] if isinstance(output.args[0], tuple | list) else output.args[0]
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.args:
+        if is_op(node, aten.linear.default, *QUANTIZED_LINEARS):
+            return node
+        node = node.args[0]
+    return None

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from trtllm_compile.fx_utils import aten, is_op, val
-from trtllm_compile.ops.quant import QUANTIZED_LINEARS
+from trtllm_compile.fx_utils import aten, lm_head, val
 from trtllm_compile.passes.registry import Stage, register_pass
 
 
@@ -17,13 +16,9 @@ from trtllm_compile.passes.registry import Stage, register_pass
 def select_logits(gm: torch.fx.GraphModule, config) -> int:
     """linear(hidden, lm_head) as the graph output -> linear(hidden[:, logits_indices], lm_head) (or a quantized
     linear: the rows it quantizes per token or per tensor are selected before it just the same)."""
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    logits = output.args[0][0] if isinstance(output.args[0], tuple | list) else output.args[0]
-    head = logits
-    while not is_op(head, aten.linear.default, *QUANTIZED_LINEARS):  # tails such as final logit soft-capping
-        if not isinstance(head, torch.fx.Node) or head.op != "call_function" or not head.args:
-            raise ValueError(f"the step graph's logits do not come from an LM head GEMM ({logits})")
-        head = head.args[0]
+    head = lm_head(gm)
+    if head is None:
+        raise ValueError("the step graph's logits do not come from an LM head GEMM")
     last_input = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
     with gm.graph.inserting_after(last_input):
         indices = gm.graph.placeholder("logits_indices")

@@ -29,7 +29,7 @@ from itertools import accumulate
 import torch
 import torch.fx
 
-from trtllm_compile.fx_utils import aten, is_op, val
+from trtllm_compile.fx_utils import aten, is_op, lm_head, val
 from trtllm_compile.parallel.config import TensorParallelConfig, balanced_range, shard_heads
 from trtllm_compile.parallel.rewrites import (
     GEMMS,
@@ -253,22 +253,12 @@ def _plan(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit | None:
     return unit
 
 
-def _lm_head(gm: torch.fx.GraphModule) -> torch.fx.Node | None:
-    """The GEMM the graph's logits come from (through elementwise tails), as select_logits finds it."""
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    node = output.args[0][0] if isinstance(output.args[0], tuple | list) else output.args[0]
-    while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.args:
-        if is_op(node, *GEMMS):
-            return node if len(node.users) == 1 else None
-        node = node.args[0]
-    return None
-
-
 def _shard_vocab(gm: torch.fx.GraphModule, writer: ShardWriter) -> int:
     """The token embedding (of the graph's first input, the token ids) and the LM head."""
     ids = next(n for n in gm.graph.nodes if n.op == "placeholder")
     embeddings = [n for n in ids.users if is_op(n, aten.embedding.default) and n.args[1] is ids]
-    head = _lm_head(gm)
+    head = lm_head(gm)
+    head = head if head is not None and len(head.users) == 1 else None
     for node in embeddings:
         writer.vocab_parallel_embedding(node)
     if head is not None:
