@@ -93,10 +93,11 @@ def test_linear_interpreted_falls_back_to_f_linear(interpreted):
 def test_tuner_times_plans_in_cuda_graphs_and_falls_back_to_eager(interpreted, monkeypatch):
     gemv = interpreted("gemv")
     plans, ran = gemv.CANDIDATES[1], []
-    monkeypatch.setattr(gemv, "_launch", lambda x2, weight, bias, y2, plan: ran.append(plan))
+    monkeypatch.setattr(gemv, "_launch", lambda x2, weight, bias, y2, plan, fp8: ran.append(plan))
     monkeypatch.setattr(gemv, "tuning_log", {})
     x, weight, _ = _inputs(1, 8, 64, torch.bfloat16, "cpu")
-    args = ((1, 8, 64, torch.bfloat16, x.device), x, weight, None, torch.empty(1, 8, dtype=torch.bfloat16))
+    key = (1, 8, 64, torch.bfloat16, torch.bfloat16, x.device)
+    args = (key, x, weight, None, torch.empty(1, 8, dtype=torch.bfloat16))
 
     def graph_ms(fn, device):
         fn()
@@ -187,7 +188,7 @@ def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matc
     n, k = LLAMA_2_7B["o"]
     x, weight, _ = _inputs(2, n, k, torch.bfloat16, "cuda")
     gemv_gpu.linear(x, weight)  # tunes (and caches) the plan of the 2-row bucket outside the capture
-    assert (2, n, k, torch.bfloat16, x.device) in gemv_gpu._plans
+    assert (2, n, k, torch.bfloat16, torch.bfloat16, x.device) in gemv_gpu._plans
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = gemv_gpu.linear(x, weight)

@@ -9,6 +9,10 @@ walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32. Two inner produ
 - `dot` (any M): tensor cores on the swapped product W_tile @ x_tile^T ([BLOCK_N, BLOCK_K] x [BLOCK_K, 16]),
   x's rows padded to 16, with Triton's software pipelining of the W tiles through shared memory.
 
+FP8 E4M3 weights with a static activation scale (`fp8_gemv`, the decode path of `trtllm::fp8_linear`) take
+the fma path: x is quantized as it is loaded and the sums are scaled by x_scale * w_scale, so one kernel does
+what would otherwise be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows.
+
 With split-K the programs write fp32 partials and a second kernel sums them (in a fixed order, so results are
 deterministic), adds the bias and casts. A plan (path, tile, split, warps, stages) is timed per
 (M bucket, N, K, dtype) on first use, with cuBLAS as one more candidate so a shape where it streams faster
@@ -23,6 +27,7 @@ import logging
 import os
 import statistics
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,32 +72,53 @@ def _load_k(ptrs, k_ok, MASKED: tl.constexpr, EVICT: tl.constexpr):
 
 
 @triton.jit
+def _fp8_round(x, scale, FP8_X: tl.constexpr):
+    """With FP8_X, x as the FP8 GEMM sees it (`ops.quant.fp8_quantize`: x / scale saturated to +-448, rounded
+    to E4M3), in fp32; else x."""
+    if FP8_X:
+        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        return q.to(tl.float8e4nv).to(tl.float32)
+    return x
+
+
+@triton.jit
 def _fma_tile(
-    w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi,
-    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_scale,
+    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
 ):  # fmt: skip
     """The W tile at K offset k and up to four x rows over it, in fp32; with MASKED, zeros from k_hi on."""
     k_ok = (k + tl.arange(0, BLOCK_K)) < k_hi
     w = _load_k(w_ptrs, k_ok, MASKED, True)
-    x0 = _load_k(x0_ptrs, k_ok, MASKED, False)
+    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
     x1, x2, x3 = x0, x0, x0
     if BLOCK_M > 1:
-        x1 = _load_k(x1_ptrs, k_ok, MASKED, False)
+        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
     if BLOCK_M > 2:
-        x2 = _load_k(x2_ptrs, k_ok, MASKED, False)
-        x3 = _load_k(x3_ptrs, k_ok, MASKED, False)
+        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
+        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
     return w, x0, x1, x2, x3
+
+
+@triton.jit
+def _scaled_sum(acc, x_scale, w_scale, SCALED: tl.constexpr):
+    """One x row's [1, BLOCK_N] result from its [BLOCK_N, BLOCK_K] accumulator (scaled in the references' order)."""
+    out = tl.sum(acc, axis=1)
+    if SCALED:
+        out = out * x_scale * w_scale
+    return out[None, :]
 
 
 @triton.jit
 def _gemv_fma_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
+    x_scale_ptr, w_scale_ptr, stride_w_scale,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
 ):  # fmt: skip
     # One [BLOCK_N, BLOCK_K] fp32 accumulator per x row (BLOCK_M <= 4), reduced over K once at the end. The x
     # rows are 1-D loads whose layout is the W tile's column slice when BLOCK_K = 256 * num_warps (8 elements
-    # a thread, all warps along K): no shared-memory layout conversion in the loop.
+    # a thread, all warps along K): no shared-memory layout conversion in the loop. With FP8_X (an FP8 E4M3 W,
+    # a static per-tensor x scale) x is quantized as it is loaded and the sums scaled by x_scale * w_scale[n].
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -104,10 +130,15 @@ def _gemv_fma_kernel(
     x1_ptrs = x0_ptrs + tl.minimum(1, M - 1) * stride_xm  # rows past M re-read row M - 1, never stored
     x2_ptrs = x0_ptrs + tl.minimum(2, M - 1) * stride_xm
     x3_ptrs = x0_ptrs + tl.minimum(3, M - 1) * stride_xm
+    x_scale = 1.0
+    if FP8_X:
+        x_scale = tl.load(x_scale_ptr)
     acc0 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     if PREFETCH:  # register double-buffering: the next tile's loads are in flight during this tile's FMAs
-        w, x0, x1, x2, x3 = _fma_tile(w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, True, BLOCK_M, BLOCK_K)
+        w, x0, x1, x2, x3 = _fma_tile(
+            w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, x_scale, True, BLOCK_M, BLOCK_K, FP8_X
+        )
         for k in range(k_lo, k_hi, BLOCK_K):
             w_cur, a0, a1, a2, a3 = w, x0, x1, x2, x3
             w_ptrs += BLOCK_K
@@ -116,7 +147,7 @@ def _gemv_fma_kernel(
             x2_ptrs += BLOCK_K
             x3_ptrs += BLOCK_K
             w, x0, x1, x2, x3 = _fma_tile(
-                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k + BLOCK_K, k_hi, True, BLOCK_M, BLOCK_K
+                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k + BLOCK_K, k_hi, x_scale, True, BLOCK_M, BLOCK_K, FP8_X
             )
             acc0 += w_cur * a0[None, :]
             if BLOCK_M > 1:
@@ -127,7 +158,7 @@ def _gemv_fma_kernel(
     else:
         for k in range(k_lo, k_hi, BLOCK_K):
             w, x0, x1, x2, x3 = _fma_tile(
-                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, not EVEN_K, BLOCK_M, BLOCK_K
+                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_scale, not EVEN_K, BLOCK_M, BLOCK_K, FP8_X
             )
             acc0 += w * x0[None, :]
             if BLOCK_M > 1:
@@ -140,13 +171,21 @@ def _gemv_fma_kernel(
             x1_ptrs += BLOCK_K
             x2_ptrs += BLOCK_K
             x3_ptrs += BLOCK_K
+    # Scaling is linear, so split-K partials are scaled before they are summed.
+    w_scale = 1.0
+    if FP8_X:
+        w_scale = tl.load(w_scale_ptr + rows_w * stride_w_scale)  # stride 0: a per-tensor w scale
     row = tl.arange(0, 1)
-    _write(tl.sum(acc0, axis=1)[None, :], row, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+    out0 = _scaled_sum(acc0, x_scale, w_scale, FP8_X)
+    _write(out0, row, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
     if BLOCK_M > 1:
-        _write(tl.sum(acc1, axis=1)[None, :], row + 1, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+        out1 = _scaled_sum(acc1, x_scale, w_scale, FP8_X)
+        _write(out1, row + 1, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
     if BLOCK_M > 2:
-        _write(tl.sum(acc2, axis=1)[None, :], row + 2, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
-        _write(tl.sum(acc3, axis=1)[None, :], row + 3, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+        out2 = _scaled_sum(acc2, x_scale, w_scale, FP8_X)
+        _write(out2, row + 2, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+        out3 = _scaled_sum(acc3, x_scale, w_scale, FP8_X)
+        _write(out3, row + 3, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
 
 
 @triton.jit
@@ -269,6 +308,33 @@ CANDIDATES: dict[int, list[Plan]] = {
     16: [*_DOT_PLANS, CUBLAS],
 }
 
+# FP8 weights (static x scale): the fma path only, up to 4 rows. One byte a weight, so tiles twice as long in K
+# as the half-precision ones keep each thread's loads 16 bytes wide.
+FP8_CANDIDATES: dict[int, list[Plan]] = {
+    1: [
+        _fma(2, 2048, num_stages=2),
+        _fma(4, 2048, num_stages=2),
+        _fma(2, 1024, num_stages=2),
+        _fma(4, 1024, num_stages=2),
+        _fma(2, 4096, num_warps=8, num_stages=2),
+        _fma(4, 4096, num_warps=8, num_stages=2),
+        _fma(8, 2048),
+        _fma(4, 2048, split_k=2, num_stages=2),
+    ],
+    2: [_fma(4, 2048), _fma(2, 2048, num_stages=2), _fma(4, 1024, num_stages=2), _fma(2, 1024, num_stages=2)],
+    4: [_fma(2, 2048, num_stages=2), _fma(2, 1024, num_stages=2), _fma(4, 1024)],
+}
+FP8_MAX_ROWS = max(FP8_CANDIDATES)
+
+
+class Fp8Scales(NamedTuple):
+    """Static FP8 scaling of a GEMV over an FP8 E4M3 weight (see `ops.quant.fp8_linear`): x is quantized with
+    `x_scale` ([] float32) as the kernel loads it, and each sum is scaled by x_scale * w_scale ([] or [N])."""
+
+    x_scale: Tensor
+    w_scale: Tensor
+
+
 _plans: dict[tuple, Plan] = {}
 tuning_log: dict[tuple, dict[str, float]] = {}  # key -> {plan: median ms}, for benchmarks and debugging
 
@@ -277,22 +343,50 @@ def row_bucket(rows: int) -> int:
     return triton.next_power_of_2(rows)
 
 
-def supports(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether `linear(x, weight, bias)` takes the skinny-GEMM kernels (else it runs `F.linear`)."""
-    if x.dtype not in HALF_DTYPES or weight.dtype != x.dtype or weight.dim() != 2 or x.dim() == 0:
-        return False
-    if bias is not None and (bias.dtype != x.dtype or bias.shape != weight.shape[:1]):
+def _streamable(x: Tensor, weight: Tensor, max_rows: int) -> bool:
+    """x [..., K] of 1 to `max_rows` rows against a 2-D weight [N, K] with contiguous rows, on a GPU (or the
+    interpreter)."""
+    if weight.dim() != 2 or x.dim() == 0:
         return False
     k = x.shape[-1]
     if k == 0 or weight.shape[1] != k or weight.stride(1) != 1 or weight.shape[0] == 0:
         return False
     if x.device.type != "cuda" and not INTERPRETED:
         return False
-    return 0 < x.numel() // k <= MAX_ROWS
+    return 0 < x.numel() // k <= max_rows
 
 
-def _launch(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
+def supports(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether `linear(x, weight, bias)` takes the skinny-GEMM kernels (else it runs `F.linear`)."""
+    if x.dtype not in HALF_DTYPES or weight.dtype != x.dtype:
+        return False
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != weight.shape[:1]):
+        return False
+    return _streamable(x, weight, MAX_ROWS)
+
+
+def supports_fp8(
+    x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Tensor | None, bias: Tensor | None
+) -> bool:
+    """Whether `fp8_gemv` runs this FP8 GEMM: at most FP8_MAX_ROWS rows of a half-precision x, an E4M3 weight,
+    a static per-tensor x scale, a per-tensor or per-channel weight scale."""
+    if x.dtype not in HALF_DTYPES or weight.dtype != torch.float8_e4m3fn:
+        return False
+    if input_scale is None or input_scale.numel() != 1 or weight_scale.numel() not in (1, weight.shape[0]):
+        return False
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != weight.shape[:1]):
+        return False
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 9):
+        return False  # no E4M3 conversions before Ada
+    return _streamable(x, weight, FP8_MAX_ROWS)
+
+
+def _launch(
+    x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, plan: Plan, fp8: Fp8Scales | None = None
+) -> None:
     (m, k), n = x2.shape, weight.shape[0]
+    if fp8 is not None and plan.path != "fma":
+        raise ValueError(f"FP8 weights take the fma path only, not {plan} (see FP8_CANDIDATES)")
     if plan.path == "cublas":
         if bias is None:
             torch.mm(x2, weight.t(), out=y2)
@@ -310,7 +404,11 @@ def _launch(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, plan: P
         meta = dict(UPCAST=INTERPRETED, BLOCK_M=16, num_stages=plan.num_stages)
     else:
         # No tl.dot, so Triton does not pipeline these loads: stages > 1 means register double-buffering.
-        meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), num_stages=1)
+        meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), num_stages=1, FP8_X=fp8 is not None)
+        meta.update(x_scale_ptr=y2, w_scale_ptr=y2, stride_w_scale=0)  # unread without FP8_X
+        if fp8 is not None:
+            w_scale_stride = fp8.w_scale.stride(0) if fp8.w_scale.numel() > 1 else 0
+            meta.update(x_scale_ptr=fp8.x_scale, w_scale_ptr=fp8.w_scale, stride_w_scale=w_scale_stride)
     _KERNELS[plan.path][(triton.cdiv(n, plan.block_n), splits)](
         x2, weight, b, y2, ws, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
@@ -350,14 +448,16 @@ def _bench_ms(fn) -> float:
     return do_bench(fn, warmup=5, rep=20, return_mode="median")
 
 
-def _tune(key: tuple, x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor) -> Plan:
+def _tune(
+    key: tuple, x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None
+) -> Plan:
     def launcher(plan: Plan):
-        return lambda: _launch(x2, weight, bias, y2, plan)
+        return lambda: _launch(x2, weight, bias, y2, plan, fp8)
 
     # A plan that cannot be captured is no use to decode's CUDA graphs; eager timing only if none can be.
     for timer in (lambda fn: _graph_ms(fn, x2.device), _bench_ms):
         times = {}
-        for plan in CANDIDATES[key[0]]:
+        for plan in _candidates(key[0], fp8):
             try:
                 times[plan] = timer(launcher(plan))
             except Exception as error:  # a tile that does not fit this GPU (shared memory, registers): skip it
@@ -372,19 +472,24 @@ def _tune(key: tuple, x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tenso
     return best
 
 
-def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor) -> Plan:
-    """The cached plan of this (M bucket, N, K, dtype, device); timed on the first call unless tuning is off
-    (TRTLLM_TRITON_AUTOTUNE=0, the interpreter, or inside a CUDA-graph capture: then the bucket's default)."""
-    key = (row_bucket(x2.shape[0]), weight.shape[0], x2.shape[1], x2.dtype, x2.device)
+def _candidates(bucket: int, fp8: Fp8Scales | None) -> list[Plan]:
+    return (FP8_CANDIDATES if fp8 is not None else CANDIDATES)[bucket]
+
+
+def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:
+    """The cached plan of this (M bucket, N, K, x dtype, weight dtype, device); timed on the first call unless
+    tuning is off (TRTLLM_TRITON_AUTOTUNE=0, the interpreter, or inside a CUDA-graph capture: then the bucket's
+    default)."""
+    key = (row_bucket(x2.shape[0]), weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, x2.device)
     plan = _plans.get(key)
     if plan is not None:
         return plan
     if INTERPRETED or os.environ.get("TRTLLM_TRITON_AUTOTUNE", "1") == "0":
-        return CANDIDATES[key[0]][0]
+        return _candidates(key[0], fp8)[0]
     if torch.cuda.is_current_stream_capturing():
         logger.warning("gemv %s first seen inside a CUDA-graph capture: default plan, untuned", key[:3])
-        return CANDIDATES[key[0]][0]
-    plan = _plans[key] = _tune(key, x2, weight, bias, y2)
+        return _candidates(key[0], fp8)[0]
+    plan = _plans[key] = _tune(key, x2, weight, bias, y2, fp8)
     return plan
 
 
@@ -395,6 +500,25 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, plan: Plan | Non
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     y2 = y.view(-1, n)
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
+    return y
+
+
+def fp8_gemv(
+    x: Tensor,
+    weight: Tensor,
+    weight_scale: Tensor,
+    input_scale: Tensor,
+    bias: Tensor | None = None,
+    plan: Plan | None = None,
+) -> Tensor:
+    """`ops.quant.fp8_linear` with a static x scale for at most FP8_MAX_ROWS rows (`supports_fp8` must hold): x
+    is quantized inside the GEMV, so a decode step's FP8 GEMM is one kernel that reads each weight byte once."""
+    x2 = rows_view(x)
+    n = weight.shape[0]
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    y2 = y.view(-1, n)
+    fp8 = Fp8Scales(input_scale.float().reshape(()), weight_scale.float().reshape(-1))
+    _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2, fp8), fp8)
     return y
 
 

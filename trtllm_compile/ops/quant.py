@@ -7,7 +7,8 @@ shape [] is per tensor, [N] per output channel, [N, K / group] per group.
 The bodies are the references (CPU, and what the fast paths are tested against): they dequantize and multiply,
 emulating activation quantization exactly (`.to(torch.float8_e4m3fn)` rounding, int8 round-half-even), and
 accumulate the W8A8 GEMMs in float32 as the kernels do. On CUDA the fast paths are torch's own GEMMs:
-`torch._scaled_mm` (FP8), `torch._int_mm` (INT8) and tinygemm's `_weight_int4pack_mm` (INT4, bf16 activations).
+`torch._scaled_mm` (FP8), `torch._int_mm` (INT8) and tinygemm's `_weight_int4pack_mm` (INT4, bf16 activations),
+and for decode-sized FP8 GEMMs with a static activation scale the Triton GEMV (`kernels.gemv.fp8_gemv`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from trtllm_compile.kernels import TRITON_AVAILABLE
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT8_MAX = 127.0
@@ -186,6 +189,11 @@ def _padded_rows(x2: Tensor, multiple: int, minimum: int = 0) -> Tensor:
 
 @fp8_linear.register_kernel("cuda")
 def _fp8_linear_cuda(x, weight, weight_scale, input_scale, bias):
+    if TRITON_AVAILABLE:  # decode rows: one GEMV kernel that quantizes x itself, instead of quantize + cuBLASLt
+        from trtllm_compile.kernels import gemv
+
+        if gemv.supports_fp8(x, weight, weight_scale, input_scale, bias):
+            return gemv.fp8_gemv(x, weight, weight_scale, input_scale, bias)
     n, k = weight.shape
     if torch.cuda.get_device_capability(x.device) < (8, 9) or k % 16 or n % 16:
         return fp8_linear_reference(x, weight, weight_scale, input_scale, bias)
