@@ -42,3 +42,42 @@ def test_bench_on_cpu_measures_engine_and_eager_peer(tmp_path, capsys):
 def test_bench_rejects_an_unknown_peer_before_building_the_model(capsys):
     assert main(["bench", "--config", "llama-2-7b", "--compare", "vllm"]) == 2
     assert "unknown peer(s) ['vllm']; choose from eager, inductor or none" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_measures_each_weight_format_and_prints_them_side_by_side(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--quantization", "none,int4_rtn", "--compare", "none", "--batch-sizes", "1"]
+    argv += ["--input-len", "8", "--output-len", "4", "--max-batch-size", "1", "--max-num-tokens", "64"]
+    assert main([*argv, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["system"], r["batch_size"]) for r in results] == [("trtllm", 1), ("trtllm int4_rtn", 1)]
+    printed = capsys.readouterr().out
+    summary = printed[printed.index("tokens/s by weight format") :].splitlines()
+    assert summary[1].split() == ["batch", "none", "int4_rtn", "int4_rtn", "x", "none"]
+    assert summary[2].split()[0] == "1" and summary[2].endswith("x")
+
+
+def test_bench_rejects_an_unknown_weight_format_before_building_the_model(capsys):
+    assert main(["bench", "--config", "llama-2-7b", "--quantization", "none,nf4"]) == 2
+    assert "unknown quantization format(s) ['nf4']; choose from none, fp8, int8_sq, int4_awq, int4_rtn" in (
+        capsys.readouterr().err
+    )
+
+
+def test_bench_refuses_tensor_parallel_with_a_weight_format_before_building_the_model(capsys):
+    assert main(["bench", "--config", "llama-2-7b", "--tp", "2", "--quantization", "fp8"]) == 2
+    assert "bench --quantization with --tp > 1 is not supported yet; run them separately" in capsys.readouterr().err
+
+
+def test_side_by_side_compares_common_batch_sizes_and_the_fullest_loads(capsys):
+    from trtllm_compile.bench.cli import _print_side_by_side
+    from trtllm_compile.bench.measure import Measurement
+
+    def run(system: str, batch: int, seconds: float) -> Measurement:
+        return Measurement(system, batch, 8, 4, seconds, 1.0, 1.0)
+
+    results = [run("trtllm", 1, 1.0), run("trtllm", 8, 1.0), run("trtllm fp8", 1, 0.5), run("trtllm fp8", 16, 1.0)]
+    _print_side_by_side(results, {"none": "trtllm", "fp8": "trtllm fp8"})
+    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[2:]]
+    assert rows == [["1", "4.0", "8.0", "2.00x"], ["max", "32.0", "64.0", "2.00x"]]

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from trtllm_compile.bench.measure import Measurement, measure_engine, measure_hf
 from trtllm_compile.bench.shapes import SHAPES, random_model
+from trtllm_compile.quantization.config import FORMATS
+
+if TYPE_CHECKING:
+    from trtllm_compile.quantization.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
 PEERS = ("eager", "inductor")
+WEIGHT_FORMATS = ("none", *FORMATS)  # "none": the unquantized model, in --dtype
+# Speed does not depend on weight values, so a small calibration does (seconds for a 7B model on a GPU).
+CALIB_WINDOWS, CALIB_WINDOW, CALIB_SAMPLES = 4, 128, 256
 
 
 def add_parser(commands, add_model_args) -> None:
@@ -30,6 +41,7 @@ def add_parser(commands, add_model_args) -> None:
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-num-tokens", type=int, default=8192)
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks for trtllm (one GPU each; CPU: gloo)")
+    parser.add_argument("--quantization", default="none", help=f"trtllm weight formats: {','.join(WEIGHT_FORMATS)}")
     parser.add_argument("--out", help="write the measurements as JSON here")
     parser.add_argument("--plot", help="write a tokens/s plot (PNG) here; needs matplotlib")
     parser.set_defaults(handler=run_bench)
@@ -52,15 +64,88 @@ def _peer(name: str, model, prompts: torch.Tensor, output_len: int) -> Measureme
         torch._dynamo.reset()
 
 
+def _formats(names: str, tp: int) -> list[str]:
+    """The --quantization list, checked before the model is built (a 7B model takes a while)."""
+    formats = list(dict.fromkeys(name.strip() for name in names.split(",")))
+    unknown = [f for f in formats if f not in WEIGHT_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown quantization format(s) {unknown}; choose from {', '.join(WEIGHT_FORMATS)}")
+    if tp > 1 and formats != ["none"]:
+        raise ValueError("bench --quantization with --tp > 1 is not supported yet; run them separately")
+    return formats
+
+
+def _system(fmt: str, tp: int) -> str:
+    if fmt != "none":
+        return f"trtllm {fmt}"
+    return "trtllm" if tp == 1 else f"trtllm tp={tp}"
+
+
+def _calibration(model: nn.Module, formats: list[str]) -> Calibration | None:
+    """One calibration of the unquantized model, shared by every format; random tokens, as for the prompts."""
+    if formats == ["none"]:
+        return None
+    from trtllm_compile.quantization import calibrate
+
+    generator = torch.Generator().manual_seed(0)
+    windows = torch.randint(1, model.config.vocab_size, (CALIB_WINDOWS, CALIB_WINDOW), generator=generator)
+    samples = CALIB_SAMPLES if "int4_awq" in formats else 0  # only AWQ's scale search reads token samples
+    logger.info("calibrating on %d windows of %d random tokens, %d AWQ samples", *windows.shape, samples)
+    return calibrate(model, windows=windows, samples=samples, kv_cache=False, progress=False)
+
+
+def _measure_format(
+    model: nn.Module, tokenizer, fmt: str, calibration: Calibration | None, sizes: list[str], args: argparse.Namespace
+) -> list[Measurement]:
+    """Our engine on `model` quantized to `fmt` (a copy; "none": the model itself) at each of `sizes`."""
+    from trtllm_compile.quantization import quantize
+    from trtllm_compile.runtime.llm import LLM
+
+    if fmt != "none":
+        model = quantize(copy.deepcopy(model), fmt, calibration=calibration, progress=False)
+    system, vocab = _system(fmt, args.tp), model.config.vocab_size
+    seq_len = args.input_len + args.output_len
+    engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
+    results = []
+    with LLM(model, tokenizer, device=args.device, tensor_parallel_size=args.tp, **engine) as llm:
+        fit = llm.engine.runner.num_blocks // math.ceil(seq_len / llm.engine.config.block_size)
+        ours = sorted({min(fit, args.max_batch_size) if s == "max" else int(s) for s in sizes})
+        for batch in ours:
+            logger.info("measuring %s at batch %d", system, batch)
+            prompts = _prompts(batch, args.input_len, vocab, args.device)
+            results.append(_logged(measure_engine(llm, prompts, args.output_len, system)))
+    return results  # the closed LLM and the quantized copy are freed with this frame
+
+
+def _logged(m: Measurement) -> Measurement:
+    """Each figure as soon as it is measured: a run cut short still leaves the ones it made."""
+    logger.info(
+        "%s batch %d: %.1f tokens/s, TTFT %.1f ms, TPOT %.2f ms",
+        m.system,
+        m.batch_size,
+        m.tokens_per_s,
+        m.ttft_ms,
+        m.tpot_ms,
+    )
+    return m
+
+
+def _free_device_memory() -> None:
+    """Return what the last engine held, before the next one sizes its KV cache from the free memory."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from trtllm_compile.cli import DTYPES
     from trtllm_compile.models import load_model
-    from trtllm_compile.runtime.llm import LLM
 
     peers = [] if args.compare == "none" else [p.strip() for p in args.compare.split(",")]
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:  # checked before loading anything: a 7B model takes a while to build
         raise ValueError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)} or none")
+    formats = _formats(args.quantization, args.tp)
     dtype = DTYPES[args.dtype]
     if args.config:
         model, tokenizer = random_model(args.config, dtype, args.device, args.num_layers), None
@@ -75,21 +160,18 @@ def run_bench(args: argparse.Namespace) -> int:
     for peer in peers:
         for batch in peer_sizes:
             logger.info("measuring %s at batch %d", peer, batch)
-            results.append(_peer(peer, model, _prompts(batch, args.input_len, vocab, args.device), args.output_len))
+            prompts = _prompts(batch, args.input_len, vocab, args.device)
+            results.append(_logged(_peer(peer, model, prompts, args.output_len)))
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
-    seq_len = args.input_len + args.output_len
-    engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
-    system = "trtllm" if args.tp == 1 else f"trtllm tp={args.tp}"
-    with LLM(model, tokenizer, device=args.device, tensor_parallel_size=args.tp, **engine) as llm:
-        fit = llm.engine.runner.num_blocks // math.ceil(seq_len / llm.engine.config.block_size)
-        ours = sorted({min(fit, args.max_batch_size) if s == "max" else int(s) for s in sizes})
-        for batch in ours:
-            logger.info("measuring %s at batch %d", system, batch)
-            prompts = _prompts(batch, args.input_len, vocab, args.device)
-            results.append(measure_engine(llm, prompts, args.output_len, system))
+    calibration = _calibration(model, formats)
+    for fmt in formats:  # one engine at a time: each sizes its KV cache from the free memory
+        results += _measure_format(model, tokenizer, fmt, calibration, sizes, args)
+        _free_device_memory()
 
     _print_table(results, args)
+    if len(formats) > 1:
+        _print_side_by_side(results, {fmt: _system(fmt, args.tp) for fmt in formats})
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
@@ -115,6 +197,30 @@ def _print_table(results: list[Measurement], args) -> None:
     print(f"{'system':<22}{'batch':>6}{'tokens/s':>12}{'TTFT ms':>10}{'TPOT ms':>10}")
     for r in results:
         print(f"{r.system:<22}{r.batch_size:>6}{r.tokens_per_s:>12.1f}{r.ttft_ms:>10.1f}{r.tpot_ms:>10.2f}")
+
+
+def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> None:
+    """tokens/s of each format (`systems`: format -> system name) at every batch size all of them ran, and each
+    one's ratio to the first format; plus their fullest loads if 'max' gave them different batch sizes."""
+    runs = {fmt: {r.batch_size: r for r in results if r.system == system} for fmt, system in systems.items()}
+    common = sorted(set.intersection(*(set(by_batch) for by_batch in runs.values())))
+    rows = {str(batch): {fmt: by_batch[batch] for fmt, by_batch in runs.items()} for batch in common}
+    fullest = {fmt: by_batch[max(by_batch)] for fmt, by_batch in runs.items()}
+    if len({r.batch_size for r in fullest.values()}) > 1:
+        rows["max"] = fullest
+    first, *others = systems
+    labels = [*systems, *(f"{fmt} x {first}" for fmt in others)]
+    widths = [max(10, len(label) + 2) for label in labels]
+
+    def line(batch: str, cells: list[str]) -> str:
+        return f"{batch:>6}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True))
+
+    print("\ntokens/s by weight format")
+    print(line("batch", labels))
+    for batch, row in rows.items():
+        speeds = [f"{row[fmt].tokens_per_s:.1f}" for fmt in systems]
+        ratios = [f"{row[fmt].tokens_per_s / row[first].tokens_per_s:.2f}x" for fmt in others]
+        print(line(batch, speeds + ratios))
 
 
 def _plot(results: list[Measurement], path: str) -> None:

@@ -76,10 +76,10 @@ def clip_weight(
     pad = -cols % group_size
     tokens = F.pad(x.float(), (0, pad)).view(x.shape[0], -1, group_size)
     groups = tokens.shape[1]
-    best_error = torch.full((rows, groups), float("inf"))
-    best_ratio = torch.ones(rows, groups)
+    best_error = torch.full((rows, groups), float("inf"), device=weight.device)
+    best_ratio = torch.ones(rows, groups, device=weight.device)
     for step in range(int(max_shrink * grid) + 1):
-        ratio = torch.full((rows, groups), 1.0 - step / grid)
+        ratio = torch.full((rows, groups), 1.0 - step / grid, device=weight.device)
         delta = F.pad(fake_quantize_int4(weight, group_size, zero_point, ratio) - weight, (0, pad))
         error = torch.einsum("tgk,ngk->tng", tokens, delta.view(rows, groups, group_size)).pow(2).mean(0)
         better = error < best_error

@@ -48,7 +48,8 @@ class InputStats:
         """[n, K] float32 token rows kept for the AWQ search (n = 0 when calibrated with samples=0)."""
         if len(self.sample_chunks) != 1:
             width = self.channel_amax.numel()
-            self.sample_chunks = [torch.cat(self.sample_chunks) if self.sample_chunks else torch.empty(0, width)]
+            empty = torch.empty(0, width, device=self.channel_amax.device)
+            self.sample_chunks = [torch.cat(self.sample_chunks) if self.sample_chunks else empty]
         return self.sample_chunks[0]
 
     def observe(self, rows: torch.Tensor, sample_index: torch.Tensor | None) -> None:
@@ -118,7 +119,10 @@ class _Observers:
                 rows = x.detach().reshape(-1, x.shape[-1]).float()
                 if key not in calibration.inputs:
                     width = rows.shape[1]
-                    calibration.inputs[key] = InputStats(torch.zeros(width), torch.zeros(width, dtype=torch.float64))
+                    zeros = dict(device=rows.device)  # statistics stay where the model runs: no host sync per hook
+                    calibration.inputs[key] = InputStats(
+                        torch.zeros(width, **zeros), torch.zeros(width, dtype=torch.float64, **zeros)
+                    )
                     calibration.groups[key] = []
                     if id(x) in self.norm_output:
                         calibration.norms[key] = self.norm_output[id(x)]

@@ -112,11 +112,13 @@ def quantize_weight(
         if per_tensor and row_splits is None:
             scale = scale[0].clone()
         quantized = fp8_quantize(weight, scale[:, None] if scale.dim() else scale)
-        return QuantizedWeight("fp8_linear", quantized, scale, input_scale=_input_scale(config, input_amax, FP8_MAX))
+        input_scale = _input_scale(config, input_amax, FP8_MAX, weight.device)
+        return QuantizedWeight("fp8_linear", quantized, scale, input_scale=input_scale)
     if config.format == "int8_sq":
         scale = _row_scales(weight, INT8_MAX, None)
         quantized = int8_quantize(weight, scale[:, None])
-        return QuantizedWeight("int8_linear", quantized, scale, input_scale=_input_scale(config, input_amax, INT8_MAX))
+        input_scale = _input_scale(config, input_amax, INT8_MAX, weight.device)
+        return QuantizedWeight("int8_linear", quantized, scale, input_scale=input_scale)
     if config.is_int4:
         codes, scales, zeros = int4_codes(weight, config.group_size, config.zero_point)
         packed = pack_int4(codes)
@@ -124,9 +126,9 @@ def quantize_weight(
     raise ValueError(f"no weight quantization for format {config.format!r}")
 
 
-def _input_scale(config: QuantConfig, input_amax: float | None, qmax: float) -> Tensor | None:
+def _input_scale(config: QuantConfig, input_amax: float | None, qmax: float, device: torch.device) -> Tensor | None:
     if config.activations == "dynamic":
         return None
     if input_amax is None:
         raise ValueError("static activation scales need a calibration; calibrate first or use activations='dynamic'")
-    return torch.tensor(max(input_amax, 1e-6) / qmax, dtype=torch.float32)
+    return torch.tensor(max(input_amax, 1e-6) / qmax, dtype=torch.float32, device=device)  # beside the weight

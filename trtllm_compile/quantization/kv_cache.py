@@ -93,7 +93,8 @@ def install_fp8_kv_cache(model: nn.Module, scales: dict[str, tuple[torch.Tensor,
     modules = dict(model.named_modules())
     for name, (k_scale, v_scale) in scales.items():
         attention = modules[name]
-        attention.k_scale = nn.Parameter(k_scale.clone(), requires_grad=False)
-        attention.v_scale = nn.Parameter(v_scale.clone(), requires_grad=False)
+        device = next(attention.parameters()).device  # beside the weights, where the attention runs
+        attention.k_scale = nn.Parameter(k_scale.to(device, copy=True), requires_grad=False)
+        attention.v_scale = nn.Parameter(v_scale.to(device, copy=True), requires_grad=False)
     model.set_attn_implementation(implementation_for(model.config._attn_implementation))
     logger.info("FP8 KV cache on %d attention modules", len(scales))
