@@ -1,0 +1,271 @@
+"""Where the time of one decode step goes: host overhead around the CUDA graph, and a kernel breakdown.
+
+    PYTHONPATH=. python benchmarks/decode_profile.py [--config llama-2-7b|...|default] [--num-layers N]
+        [--batch 1] [--context 256] [--steps 20] [--profile-steps 5] [--dtype bfloat16] [--device cuda]
+        [--out FILE.json] [--trace FILE.json]
+
+`--config`: a shape of bench/shapes.py (random weights made on the device) or "default" (the embedded model).
+`--batch` requests of `--context` random prompt tokens (seed 0) are prefilled and decoded greedily until each
+has a few tokens (CUDA graph captured and warm). Then (1) the median wall time of `--steps` decode steps, the
+median GPU time of the captured graph's replay alone (CUDA events) and their difference, the host gap
+(scheduling, input copies, sampling, detokenizing); (2) `--profile-steps` decode steps with CUDA graphs off
+under torch.profiler: each device kernel's calls and microseconds per step (top 25), and sums by category.
+On CPU there are no graphs nor kernels: the tables hold the CPU self time of the ops instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import time
+
+import torch
+
+from trtllm_compile.bench.shapes import SHAPES, random_model
+from trtllm_compile.models import load_model
+from trtllm_compile.runtime.llm import LLM
+from trtllm_compile.runtime.sampling import SamplingParams
+
+WARM_TOKENS = 3  # decoded tokens per request before timing: the graph of this batch is captured and replayed
+EAGER_WARM_STEPS = 2  # unprofiled eager steps first: autotuning or recompiles for unpadded shapes stay out
+TOP_ROWS = 25
+# Ordered: the first pattern that matches a kernel (case-insensitive) names its category.
+CATEGORIES = [
+    ("GEMM", r"gemv|gemm|cublas|sm90|nvjet|cutlass|xmma|split_?k|matmul|linear|aten::(mm|addmm|bmm)\b"),
+    ("attention", r"paged|attention|attn|flash|sdpa|merge_splits"),
+    ("norm", r"norm"),
+    ("rope", r"rope|rotary"),
+    ("sampling", r"argmax|topk|sort|multinomial"),
+    ("activation", r"silu|gelu|act|mul"),
+    ("copies", r"copy|fill|cat|index|scatter|gather|memcpy|memset|clone|contiguous"),
+    ("other", r""),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="llama-2-7b", choices=[*SHAPES, "default"])
+    parser.add_argument("--num-layers", type=int, default=None, help="cut a shape to N layers (not default)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--context", type=int, default=256, help="prompt tokens per request")
+    parser.add_argument("--steps", type=int, default=20, help="timed decode steps (and graph replays)")
+    parser.add_argument("--profile-steps", type=int, default=5, help="decode steps under the profiler")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="write the figures as JSON")
+    parser.add_argument("--trace", default=None, help="write the profiler's Chrome trace")
+    return parser.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(args: argparse.Namespace, device: torch.device) -> LLM:
+    """The LLM with the batch's requests queued. The KV cache holds just them: 7B leaves room for the profiler."""
+    dtype = getattr(torch, args.dtype)
+    if args.config == "default":
+        model, tokenizer = load_model(None, dtype=dtype, device=device)
+    else:
+        model, tokenizer = random_model(args.config, dtype, device, args.num_layers), None
+    prefill_steps = math.ceil(args.batch * args.context / 2048)  # at most; max_num_tokens is >= 2048
+    max_tokens = prefill_steps + WARM_TOKENS + args.steps + EAGER_WARM_STEPS + args.profile_steps + 16
+    max_num_tokens = max(2048, args.context + max_tokens + 16)
+    num_blocks = max(math.ceil(max_num_tokens / 16), args.batch * math.ceil((args.context + max_tokens) / 16)) + 1
+    llm = LLM(
+        model,
+        tokenizer,
+        device=device,
+        max_batch_size=args.batch,
+        max_num_tokens=max_num_tokens,
+        num_blocks=num_blocks,
+        cuda_graphs=True,
+    )
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(1, model.config.vocab_size, (args.batch, args.context), generator=generator).tolist()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    for prompt in prompts:
+        llm.engine.add_request(prompt, params)
+    return llm
+
+
+def warm_up(llm: LLM, batch: int) -> None:
+    """Step until every request is decoding and has WARM_TOKENS tokens (prefill done, graph captured)."""
+    engine = llm.engine
+    for _ in range(10_000):
+        outputs = engine.step()
+        done = len(outputs) == batch and all(len(o.token_ids) >= WARM_TOKENS for o in outputs)
+        if done and engine.scheduler.num_waiting == 0:
+            return
+    raise RuntimeError("requests never all reached the decode phase")
+
+
+def time_steps(llm: LLM, device: torch.device, steps: int, batch: int) -> list[float]:
+    """Wall milliseconds of each decode step; every request must advance (no finished or prefilling rows)."""
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        outputs = llm.engine.step()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+        if len(outputs) != batch or any(o.finished for o in outputs):
+            print(f"warning: a timed step advanced {len(outputs)} of {batch} requests or finished one")
+    return times
+
+
+def replay_ms(llm: LLM, batch: int, steps: int) -> float | None:
+    """Median GPU milliseconds of the captured graph of this batch's bucket; None without one (CPU, no triton).
+    The replay rewrites the last step's K/V slots with the same values: harmless to the engine's state."""
+    graphs = getattr(llm.engine.runner, "_graphs", {})
+    sizes = sorted(size for size in graphs if size >= batch)
+    if not sizes:
+        return None
+    graph = graphs[sizes[0]][0]
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):
+    """Profile `steps` eager decode steps (graphs hide their kernels from the profiler); graphs come back on."""
+    runner, gpu = llm.engine.runner, device.type == "cuda"
+    saved = runner.use_cuda_graphs
+    runner.use_cuda_graphs = False
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
+    try:
+        for _ in range(EAGER_WARM_STEPS):
+            llm.engine.step()
+        _sync(device)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(steps):
+                llm.engine.step()
+            _sync(device)
+    finally:
+        runner.use_cuda_graphs = saved
+    if trace:
+        prof.export_chrome_trace(trace)
+    return prof
+
+
+def _device_us(event) -> float:
+    if hasattr(event, "self_device_time_total"):
+        return float(event.self_device_time_total)
+    return float(getattr(event, "self_cuda_time_total", 0.0))  # older torch
+
+
+def kernel_rows(prof, steps: int) -> tuple[list[dict], str]:
+    """[{name, calls, us}] per step, largest first, and what the times are: device kernels, else CPU op self
+    time. User annotations (record_function ranges, also mirrored on the GPU timeline) span other kernels."""
+    events = [e for e in prof.key_averages() if not getattr(e, "is_user_annotation", False)]
+    cpu = torch.autograd.DeviceType.CPU
+    device_events = [e for e in events if getattr(e, "device_type", cpu) != cpu and _device_us(e) > 0]
+    if device_events:
+        rows, source = [(e, _device_us(e)) for e in device_events], "device kernel time"
+    else:
+        rows, source = [(e, float(e.self_cpu_time_total)) for e in events], "CPU self time of ops (no device kernels)"
+    rows = [{"name": e.key, "calls": e.count / steps, "us": us / steps} for e, us in rows if us > 0]
+    return sorted(rows, key=lambda r: -r["us"]), source
+
+
+def categorize(rows: list[dict]) -> list[dict]:
+    totals = {name: {"category": name, "kernels": 0, "calls": 0.0, "us": 0.0} for name, _ in CATEGORIES}
+    for row in rows:
+        name = next(n for n, pattern in CATEGORIES if re.search(pattern, row["name"], re.IGNORECASE))
+        totals[name]["kernels"] += 1
+        totals[name]["calls"] += row["calls"]
+        totals[name]["us"] += row["us"]
+    return list(totals.values())
+
+
+def print_tables(rows: list[dict], categories: list[dict], source: str) -> None:
+    total = sum(r["us"] for r in rows) or 1.0
+    print(f"\nper decode step, {source}, CUDA graphs off:")
+    print(f"{'kernel':<62}{'calls/step':>11}{'us/step':>11}{'%':>7}")
+    for row in rows[:TOP_ROWS]:
+        name = row["name"].removeprefix("void ").replace("at::native::", "")  # room for the telling part
+        name = name if len(name) <= 60 else name[:57] + "..."
+        print(f"{name:<62}{row['calls']:>11.1f}{row['us']:>11.1f}{100 * row['us'] / total:>7.1f}")
+    calls = sum(r["calls"] for r in rows)
+    print(f"total: {total:.1f} us/step in {calls:.0f} calls/step ({len(rows)} distinct names)")
+    print(f"\n{'category':<14}{'calls/step':>11}{'us/step':>11}{'%':>7}")
+    for cat in categories:
+        print(f"{cat['category']:<14}{cat['calls']:>11.1f}{cat['us']:>11.1f}{100 * cat['us'] / total:>7.1f}")
+
+
+def host_overhead(llm: LLM, args: argparse.Namespace, device: torch.device) -> dict:
+    walls = time_steps(llm, device, args.steps, args.batch)
+    gpu_ms = None
+    if device.type == "cuda":
+        try:
+            gpu_ms = replay_ms(llm, args.batch, args.steps)
+        except RuntimeError as error:  # one run on the GPU: keep the wall figure and the kernel table
+            print(f"warning: graph replay timing failed: {error}")
+    wall_ms = statistics.median(walls)
+    host = {"wall_ms": wall_ms, "gpu_ms": gpu_ms, "host_gap_ms": None, "tokens_per_s": args.batch / wall_ms * 1e3}
+    print(f"\ndecode step wall: {wall_ms:.3f} ms/step (median of {args.steps}), {host['tokens_per_s']:.1f} tokens/s")
+    if gpu_ms is None:
+        print("graph replay: none (CUDA graphs are CUDA-only, and need triton): no GPU/host split")
+    else:
+        host["host_gap_ms"] = wall_ms - gpu_ms
+        print(f"graph replay GPU: {gpu_ms:.3f} ms/step; host gap: {wall_ms - gpu_ms:.3f} ms/step")
+    return host
+
+
+def breakdown(llm: LLM, args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict], str]:
+    try:
+        prof = profile(llm, device, args.profile_steps, args.trace)
+        rows, source = kernel_rows(prof, args.profile_steps)
+    except Exception as error:  # one run on the GPU: the host figures still get written
+        print(f"warning: profiling failed: {type(error).__name__}: {error}")
+        return [], categorize([]), f"profiling failed: {error}"
+    categories = categorize(rows)
+    print_tables(rows, categories, source)
+    return rows, categories, source
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{name}, torch {torch.__version__}; {args.config}, {args.dtype}, batch {args.batch}, context {args.context}")
+    llm = build(args, device)
+    try:
+        warm_up(llm, args.batch)
+        host = host_overhead(llm, args, device)
+        rows, categories, source = breakdown(llm, args, device)
+    finally:
+        llm.close()
+    if host["gpu_ms"] is not None and rows:  # the eager sum also holds input copies and sampling, outside the graph
+        eager_us = sum(r["us"] for r in rows)
+        print(f"eager kernel sum {eager_us:.1f} us/step vs graph replay {host['gpu_ms'] * 1e3:.1f} us/step")
+    result = {
+        "args": vars(args),
+        "device": name,
+        "torch": torch.__version__,
+        "host": host,
+        "kernel_source": source,
+        "kernels": rows,
+        "categories": categories,
+    }
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
