@@ -1,7 +1,7 @@
 """The FP8 GEMV (kernels/gemv.py `fp8_gemv`) against `ops.quant.fp8_linear_reference`, and `trtllm::fp8_linear`
 taking it for decode rows on CUDA.
 
-Both quantize x the same way (x / scale, saturated to +-448, rounded to E4M3) and multiply the same FP8 values
+Both quantize x the same way (x times 1 / scale, saturated to +-448, rounded to E4M3) and multiply the same FP8 values
 in fp32, so they differ by the fp32 summation order only: one ulp of the output dtype, the "elementwise"
 tolerance of conftest.py. On CPU, Triton's interpreter mis-rounds fp32 -> E4M3 casts whose mantissa carries
 into the exponent (125.7 becomes 64), so the interpreter tests feed x values that are FP8 codes times the scale

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import logging
@@ -15,6 +14,7 @@ from torch import nn
 
 from trtllm_compile.bench.measure import Measurement, measure_engine, measure_hf
 from trtllm_compile.bench.shapes import SHAPES, random_model
+from trtllm_compile.config import CompileConfig
 from trtllm_compile.quantization.config import FORMATS
 
 if TYPE_CHECKING:
@@ -97,24 +97,30 @@ def _calibration(model: nn.Module, formats: list[str]) -> Calibration | None:
 def _measure_format(
     model: nn.Module, tokenizer, fmt: str, calibration: Calibration | None, sizes: list[str], args: argparse.Namespace
 ) -> list[Measurement]:
-    """Our engine on `model` quantized to `fmt` (a copy; "none": the model itself) at each of `sizes`."""
-    from trtllm_compile.quantization import quantize
+    """Our engine on `model` with its GEMMs quantized to `fmt` ("none": as they are) at each of `sizes`.
+
+    The step graph's QUANTIZE passes quantize it (not `quantize()` on the module): they run after the GEMM
+    fusion and MLP matching, so Q/K/V and gate/up stay one GEMM each and the activation stays fused."""
+    from trtllm_compile.quantization import QuantConfig
     from trtllm_compile.runtime.llm import LLM
 
+    compile_config = CompileConfig()
     if fmt != "none":
-        model = quantize(copy.deepcopy(model), fmt, calibration=calibration, progress=False)
+        compile_config = CompileConfig(quantization=QuantConfig.from_name(fmt).with_calibration(calibration))
     system, vocab = _system(fmt, args.tp), model.config.vocab_size
     seq_len = args.input_len + args.output_len
     engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
     results = []
-    with LLM(model, tokenizer, device=args.device, tensor_parallel_size=args.tp, **engine) as llm:
+    with LLM(
+        model, tokenizer, device=args.device, tensor_parallel_size=args.tp, compile=compile_config, **engine
+    ) as llm:
         fit = llm.engine.runner.num_blocks // math.ceil(seq_len / llm.engine.config.block_size)
         ours = sorted({min(fit, args.max_batch_size) if s == "max" else int(s) for s in sizes})
         for batch in ours:
             logger.info("measuring %s at batch %d", system, batch)
             prompts = _prompts(batch, args.input_len, vocab, args.device)
             results.append(_logged(measure_engine(llm, prompts, args.output_len, system)))
-    return results  # the closed LLM and the quantized copy are freed with this frame
+    return results  # the closed LLM and its quantized weights are freed with this frame
 
 
 def _logged(m: Measurement) -> Measurement:

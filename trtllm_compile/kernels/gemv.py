@@ -72,30 +72,30 @@ def _load_k(ptrs, k_ok, MASKED: tl.constexpr, EVICT: tl.constexpr):
 
 
 @triton.jit
-def _fp8_round(x, scale, FP8_X: tl.constexpr):
-    """With FP8_X, x as the FP8 GEMM sees it (`ops.quant.fp8_quantize`: x / scale saturated to +-448, rounded
-    to E4M3), in fp32; else x."""
+def _fp8_round(x, inv_scale, FP8_X: tl.constexpr):
+    """With FP8_X, x as the FP8 GEMM sees it (`ops.quant.fp8_quantize`: x times 1 / scale, saturated to +-448,
+    rounded to E4M3), in fp32; else x."""
     if FP8_X:
-        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        q = tl.minimum(tl.maximum(x * inv_scale, -448.0), 448.0)
         return q.to(tl.float8e4nv).to(tl.float32)
     return x
 
 
 @triton.jit
 def _fma_tile(
-    w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_scale,
+    w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale,
     MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
 ):  # fmt: skip
     """The W tile at K offset k and up to four x rows over it, in fp32; with MASKED, zeros from k_hi on."""
     k_ok = (k + tl.arange(0, BLOCK_K)) < k_hi
     w = _load_k(w_ptrs, k_ok, MASKED, True)
-    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
+    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
     x1, x2, x3 = x0, x0, x0
     if BLOCK_M > 1:
-        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
+        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
     if BLOCK_M > 2:
-        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
-        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, False), x_scale, FP8_X)
+        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
+        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
     return w, x0, x1, x2, x3
 
 
@@ -130,14 +130,15 @@ def _gemv_fma_kernel(
     x1_ptrs = x0_ptrs + tl.minimum(1, M - 1) * stride_xm  # rows past M re-read row M - 1, never stored
     x2_ptrs = x0_ptrs + tl.minimum(2, M - 1) * stride_xm
     x3_ptrs = x0_ptrs + tl.minimum(3, M - 1) * stride_xm
-    x_scale = 1.0
+    x_scale, x_inv_scale = 1.0, 1.0
     if FP8_X:
         x_scale = tl.load(x_scale_ptr)
+        x_inv_scale = tl.math.div_rn(1.0, x_scale)  # correctly rounded, as torch's reciprocal
     acc0 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     if PREFETCH:  # register double-buffering: the next tile's loads are in flight during this tile's FMAs
         w, x0, x1, x2, x3 = _fma_tile(
-            w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, x_scale, True, BLOCK_M, BLOCK_K, FP8_X
+            w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, x_inv_scale, True, BLOCK_M, BLOCK_K, FP8_X
         )
         for k in range(k_lo, k_hi, BLOCK_K):
             w_cur, a0, a1, a2, a3 = w, x0, x1, x2, x3
@@ -146,8 +147,9 @@ def _gemv_fma_kernel(
             x1_ptrs += BLOCK_K
             x2_ptrs += BLOCK_K
             x3_ptrs += BLOCK_K
+            next_k = k + BLOCK_K
             w, x0, x1, x2, x3 = _fma_tile(
-                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k + BLOCK_K, k_hi, x_scale, True, BLOCK_M, BLOCK_K, FP8_X
+                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, next_k, k_hi, x_inv_scale, True, BLOCK_M, BLOCK_K, FP8_X
             )
             acc0 += w_cur * a0[None, :]
             if BLOCK_M > 1:
@@ -158,7 +160,7 @@ def _gemv_fma_kernel(
     else:
         for k in range(k_lo, k_hi, BLOCK_K):
             w, x0, x1, x2, x3 = _fma_tile(
-                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_scale, not EVEN_K, BLOCK_M, BLOCK_K, FP8_X
+                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale, not EVEN_K, BLOCK_M, BLOCK_K, FP8_X
             )
             acc0 += w * x0[None, :]
             if BLOCK_M > 1:
