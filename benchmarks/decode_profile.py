@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from trtllm_compile.bench import measure
 from trtllm_compile.bench.shapes import SHAPES, random_model
 from trtllm_compile.models import load_model
 from trtllm_compile.runtime.llm import LLM
@@ -125,16 +126,7 @@ def replay_ms(llm: LLM, batch: int, steps: int) -> float | None:
     sizes = sorted(size for size in graphs if size >= batch)
     if not sizes:
         return None
-    graph = graphs[sizes[0]][0]
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return measure.replay_ms(graphs[sizes[0]][0], steps)
 
 
 def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):

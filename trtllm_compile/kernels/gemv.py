@@ -495,12 +495,16 @@ def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: F
     return plan
 
 
-def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, plan: Plan | None = None) -> Tensor:
-    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold); `plan` forces one."""
-    x2 = rows_view(x)
+def _rows_and_output(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x as [M, K] rows, and y [..., N] in x's dtype with its [M, N] view."""
     n = weight.shape[0]
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    y2 = y.view(-1, n)
+    return rows_view(x), y, y.view(-1, n)
+
+
+def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, plan: Plan | None = None) -> Tensor:
+    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold); `plan` forces one."""
+    x2, y, y2 = _rows_and_output(x, weight)
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
     return y
 
@@ -515,10 +519,7 @@ def fp8_gemv(
 ) -> Tensor:
     """`ops.quant.fp8_linear` with a static x scale for at most FP8_MAX_ROWS rows (`supports_fp8` must hold): x
     is quantized inside the GEMV, so a decode step's FP8 GEMM is one kernel that reads each weight byte once."""
-    x2 = rows_view(x)
-    n = weight.shape[0]
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    y2 = y.view(-1, n)
+    x2, y, y2 = _rows_and_output(x, weight)
     fp8 = Fp8Scales(input_scale.float().reshape(()), weight_scale.float().reshape(-1))
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2, fp8), fp8)
     return y
