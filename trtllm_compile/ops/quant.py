@@ -188,6 +188,19 @@ def _padded_rows(x2: Tensor, multiple: int, minimum: int = 0) -> Tensor:
     return F.pad(x2, (0, 0, 0, rows - x2.shape[0])) if rows != x2.shape[0] else x2
 
 
+def _fp8_rows(rows: Tensor, input_scale: Tensor | None) -> tuple[Tensor, Tensor]:
+    """rows [M, K] in E4M3 padded with zero rows to a multiple of 16 (cuBLASLt's FP8 shapes), and their scale."""
+    padded_rows = -(-rows.shape[0] // 16) * 16
+    if input_scale is not None and TRITON_AVAILABLE:
+        from trtllm_compile.kernels import quantize
+
+        if quantize.supports(rows, input_scale):  # one launch, padding included
+            return quantize.fp8_quantize_rows(rows, input_scale, padded_rows), input_scale.float()
+    padded = _padded_rows(rows, 16)
+    scale = input_scale.float() if input_scale is not None else per_token_scale(padded, FP8_MAX)
+    return fp8_quantize(padded, scale), scale
+
+
 @fp8_linear.register_kernel("cuda")
 def _fp8_linear_cuda(x, weight, weight_scale, input_scale, bias):
     if TRITON_AVAILABLE:  # decode rows: one GEMV kernel that quantizes x itself, instead of quantize + cuBLASLt
@@ -199,13 +212,11 @@ def _fp8_linear_cuda(x, weight, weight_scale, input_scale, bias):
     if torch.cuda.get_device_capability(x.device) < (8, 9) or k % 16 or n % 16:
         return fp8_linear_reference(x, weight, weight_scale, input_scale, bias)
     rows = x.reshape(-1, k)
-    padded = _padded_rows(rows, 16)  # cuBLASLt wants M, N, K multiples of 16 for FP8
-    scale_a = input_scale.float() if input_scale is not None else per_token_scale(padded, FP8_MAX)
-    x_fp8 = fp8_quantize(padded, scale_a)
+    x_fp8, scale_a = _fp8_rows(rows, input_scale)
     if scale_a.numel() == 1 and weight_scale.numel() == 1:  # tensor-wise scaling
         out = torch._scaled_mm(x_fp8, weight.t(), scale_a, weight_scale.float(), out_dtype=torch.bfloat16)
     else:  # row-wise scaling: both scales float32, [M, 1] and [1, N]; output must be bf16
-        scale_a = scale_a.reshape(-1, 1).expand(padded.shape[0], 1).contiguous()
+        scale_a = scale_a.reshape(-1, 1).expand(x_fp8.shape[0], 1).contiguous()
         scale_b = weight_scale.float().reshape(1, -1).expand(1, n).contiguous()
         out = torch._scaled_mm(x_fp8, weight.t(), scale_a, scale_b, out_dtype=torch.bfloat16)
     return _finish(out[: rows.shape[0]], x.dtype, bias).reshape(*x.shape[:-1], n)
