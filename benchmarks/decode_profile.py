@@ -61,11 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build(args: argparse.Namespace, device: torch.device) -> LLM:
     """The LLM with the batch's requests queued. The KV cache holds just them: 7B leaves room for the profiler."""
     dtype = getattr(torch, args.dtype)
@@ -109,10 +104,10 @@ def time_steps(llm: LLM, device: torch.device, steps: int, batch: int) -> list[f
     """Wall milliseconds of each decode step; every request must advance (no finished or prefilling rows)."""
     times = []
     for _ in range(steps):
-        _sync(device)
+        measure.sync(device)
         start = time.perf_counter()
         outputs = llm.engine.step()
-        _sync(device)
+        measure.sync(device)
         times.append((time.perf_counter() - start) * 1e3)
         if len(outputs) != batch or any(o.finished for o in outputs):
             print(f"warning: a timed step advanced {len(outputs)} of {batch} requests or finished one")
@@ -138,11 +133,11 @@ def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):
     try:
         for _ in range(EAGER_WARM_STEPS):
             llm.engine.step()
-        _sync(device)
+        measure.sync(device)
         with torch.profiler.profile(activities=activities) as prof:
             for _ in range(steps):
                 llm.engine.step()
-            _sync(device)
+            measure.sync(device)
     finally:
         runner.use_cuda_graphs = saved
     if trace:

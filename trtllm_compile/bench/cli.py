@@ -137,7 +137,7 @@ def _logged(m: Measurement) -> Measurement:
 
 
 def _free_device_memory() -> None:
-    """Return what the last engine held, before the next one sizes its KV cache from the free memory."""
+    """Return what the last run held: our engines size their KV cache from the free memory."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -168,7 +168,7 @@ def run_bench(args: argparse.Namespace) -> int:
             logger.info("measuring %s at batch %d", peer, batch)
             prompts = _prompts(batch, args.input_len, vocab, args.device)
             results.append(_logged(_peer(peer, model, prompts, args.output_len)))
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            _free_device_memory()
 
     calibration = _calibration(model, formats)
     for fmt in formats:  # one engine at a time: each sizes its KV cache from the free memory

@@ -31,16 +31,17 @@ class Measurement:
         return {**asdict(self), "tokens_per_s": self.tokens_per_s}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (nothing to wait for on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -108,7 +109,7 @@ def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "t
     params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
     llm.generate(rows, params)  # warm-up: autotuning, CUDA graph capture
     engine = llm.engine
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for row in rows:
         engine.add_request(row, params)
@@ -117,10 +118,10 @@ def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "t
         outputs = engine.step()
         if first_token_at is None and outputs and all(len(o.token_ids) >= 1 for o in outputs):
             if engine.scheduler.num_waiting == 0:
-                _sync(device)
+                sync(device)
                 first_token_at = time.perf_counter()
         finished += sum(o.finished for o in outputs)
-    _sync(device)
+    sync(device)
     total = time.perf_counter() - start
     ttft = (first_token_at or start) - start
     batch, input_len = prompts.shape

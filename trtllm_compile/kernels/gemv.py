@@ -371,15 +371,14 @@ def supports_fp8(
     x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Tensor | None, bias: Tensor | None
 ) -> bool:
     """Whether `fp8_gemv` runs this FP8 GEMM: at most FP8_MAX_ROWS rows of a half-precision x, an E4M3 weight,
-    a static per-tensor x scale, a per-tensor or per-channel weight scale."""
+    a static per-tensor x scale, a per-tensor or per-channel weight scale. The caller (`ops.quant.fp8_linear`)
+    has checked that the GPU converts E4M3 (compute capability 8.9 or newer)."""
     if x.dtype not in HALF_DTYPES or weight.dtype != torch.float8_e4m3fn:
         return False
     if input_scale is None or input_scale.numel() != 1 or weight_scale.numel() not in (1, weight.shape[0]):
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.shape != weight.shape[:1]):
         return False
-    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 9):
-        return False  # no E4M3 conversions before Ada
     return _streamable(x, weight, FP8_MAX_ROWS)
 
 

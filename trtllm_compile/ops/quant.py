@@ -183,14 +183,18 @@ def _(x: Tensor, scale: Tensor) -> Tensor:
 # CUDA fast paths. Each falls back to the reference where torch's kernel does not apply (shape, dtype, GPU).
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _padded_rows(x2: Tensor, multiple: int, minimum: int = 0) -> Tensor:
-    rows = max(minimum, -(-x2.shape[0] // multiple) * multiple)
+    rows = max(minimum, _round_up(x2.shape[0], multiple))
     return F.pad(x2, (0, 0, 0, rows - x2.shape[0])) if rows != x2.shape[0] else x2
 
 
 def _fp8_rows(rows: Tensor, input_scale: Tensor | None) -> tuple[Tensor, Tensor]:
     """rows [M, K] in E4M3 padded with zero rows to a multiple of 16 (cuBLASLt's FP8 shapes), and their scale."""
-    padded_rows = -(-rows.shape[0] // 16) * 16
+    padded_rows = _round_up(rows.shape[0], 16)
     if input_scale is not None and TRITON_AVAILABLE:
         from trtllm_compile.kernels import quantize
 
@@ -203,13 +207,15 @@ def _fp8_rows(rows: Tensor, input_scale: Tensor | None) -> tuple[Tensor, Tensor]
 
 @fp8_linear.register_kernel("cuda")
 def _fp8_linear_cuda(x, weight, weight_scale, input_scale, bias):
+    if torch.cuda.get_device_capability(x.device) < (8, 9):  # no E4M3 conversions or FP8 GEMMs before Ada
+        return fp8_linear_reference(x, weight, weight_scale, input_scale, bias)
     if TRITON_AVAILABLE:  # decode rows: one GEMV kernel that quantizes x itself, instead of quantize + cuBLASLt
         from trtllm_compile.kernels import gemv
 
         if gemv.supports_fp8(x, weight, weight_scale, input_scale, bias):
             return gemv.fp8_gemv(x, weight, weight_scale, input_scale, bias)
     n, k = weight.shape
-    if torch.cuda.get_device_capability(x.device) < (8, 9) or k % 16 or n % 16:
+    if k % 16 or n % 16:
         return fp8_linear_reference(x, weight, weight_scale, input_scale, bias)
     rows = x.reshape(-1, k)
     x_fp8, scale_a = _fp8_rows(rows, input_scale)
