@@ -126,3 +126,47 @@ def test_cpu_kv_cache_fits_a_share_of_host_memory(monkeypatch, available, expect
     budget = int((available or 0) * model_runner.CPU_KV_CACHE_FRACTION) // per_block
     assert one_sequence < budget < full or expected != "budget"  # the case tests what it says
     assert runner.num_blocks == {"full": full, "one_sequence": one_sequence, "budget": budget}[expected]
+
+
+def test_overlap_scheduling_gives_the_tokens_of_reading_every_step_back():
+    """Step n+1 launched before step n is read back: same outputs for greedy, seeded sampling, repetition
+    penalty, stop tokens and stop strings, with requests joining mid-flight; decodes really took their input
+    tokens from the device (PENDING)."""
+    model = generating_model("llama")
+    prompts = random_prompts((9, 12, 7))
+    prompts += [prompts[0], prompts[0]]  # stopped by a token / a string of the first one's greedy output
+    greedy = hf_greedy(model, prompts[0], 10)
+    params = [
+        SamplingParams(max_tokens=10, temperature=0.0),
+        SamplingParams(max_tokens=7, temperature=0.8, top_k=30, seed=3),
+        SamplingParams(max_tokens=9, temperature=0.0, repetition_penalty=1.3),
+        SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=[greedy[4]]),
+        SamplingParams(max_tokens=10, temperature=0.0, stop=[bytes(greedy[2:4]).decode("utf-8", "replace")]),
+    ]
+    results = {}
+    for overlap in (False, True):
+        # 12 blocks of 4 tokens for three sequences of up to 22: some wait or are preempted
+        config = EngineConfig(max_batch_size=3, max_num_tokens=24, block_size=4, num_blocks=12)
+        config.overlap_scheduling = overlap
+        engine = LLMEngine(model, _ByteTokenizer(), config)
+        fed_pending = []
+
+        def execute(batch, pending=None, run=engine.runner.execute, fed=fed_pending):
+            fed.append(pending is not None)
+            return run(batch, pending)
+
+        engine.runner.execute = execute
+        done, ids, queue = {}, {}, list(enumerate(zip(prompts, params, strict=True)))
+        while queue or engine.has_unfinished():
+            if queue:  # one joins every step
+                index, (prompt, p) = queue.pop(0)
+                ids[engine.add_request(prompt, p)] = index
+            for output in engine.step():
+                if output.finished:
+                    done[ids[output.request_id]] = (output.token_ids, output.text, output.finish_reason)
+        assert engine.block_manager.num_used_blocks == 0
+        assert any(fed_pending) == overlap
+        results[overlap] = [done[i] for i in range(len(prompts))]
+    assert results[True] == results[False]
+    assert results[True][0][0] == greedy
+    assert [r[2] for r in results[True]] == ["length", "length", "length", "stop", "stop"]

@@ -4,6 +4,9 @@ The fake model writes each fed token into the slots the scheduler gives it, then
 back through the block table and returns a hash of it. So a wrong slot mapping, a block handed to two live
 sequences, or a bad recompute after preemption changes the generated tokens, and the outputs would no
 longer match the reference computed straight from the token ids.
+
+`Overlapped` drives the scheduler as the engine does with overlap scheduling: step n+1 is scheduled and run
+before step n's tokens are resolved, its `PENDING` inputs taken from step n's samples.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pytest
 
 from trtllm_compile.runtime.kv_cache import BlockManager
 from trtllm_compile.runtime.sampling import SamplingParams
-from trtllm_compile.runtime.scheduler import Request, RequestStatus, ScheduledBatch, Scheduler
+from trtllm_compile.runtime.scheduler import PENDING, Request, RequestStatus, ScheduledBatch, Scheduler
 
 VOCAB = 50
 TOKEN_OFFSET = 100  # generated ids never collide with small prompt ids
@@ -37,18 +40,45 @@ class PagedFakeModel:
         self.block_size = manager.block_size
         self.cache: list[int | None] = [None] * (manager.num_blocks * manager.block_size)
 
-    def step(self, batch: ScheduledBatch) -> list[int]:
+    def step(self, batch: ScheduledBatch, pending: dict[str, int] | None = None) -> list[int]:
+        """`pending`: the tokens sampled by the step in flight, by request id (the inputs fed as PENDING)."""
         sampled = []
         for seq in batch:
             assert len(seq.slot_mapping) == len(seq.token_ids)
-            for slot, token in zip(seq.slot_mapping, seq.token_ids, strict=True):
+            token_ids = [pending[seq.request.request_id] if t == PENDING else t for t in seq.token_ids]
+            for slot, token in zip(seq.slot_mapping, token_ids, strict=True):
                 self.cache[slot] = token
-            context_len = seq.start_pos + len(seq.token_ids)
+            context_len = seq.start_pos + len(token_ids)
             table, size = seq.block_table, self.block_size
             context = [self.cache[table[pos // size] * size + pos % size] for pos in range(context_len)]
-            assert context == seq.request.all_token_ids[:context_len], "cache lost or mixed up tokens"
+            known = seq.request.all_token_ids[:context_len]  # without the pending token
+            assert context[: len(known)] == known, "cache lost or mixed up tokens"
             sampled.append(next_token(context))
         return sampled
+
+
+class Overlapped:
+    """Schedule and run step n+1, then resolve step n (the engine's overlap scheduling)."""
+
+    def __init__(self, scheduler: Scheduler, model: PagedFakeModel) -> None:
+        self.scheduler, self.model = scheduler, model
+        self.in_flight: tuple[ScheduledBatch, list[int]] | None = None
+        self.preempted_with_pending: list[Request] = []  # preempted while their last token was in flight
+
+    def step(self) -> tuple[ScheduledBatch, list[Request]]:
+        batch = self.scheduler.schedule()
+        self.preempted_with_pending += [r for r in batch.preempted if r.num_pending]
+        previous = self.in_flight
+        if previous is None:
+            assert all(PENDING not in seq.token_ids for seq in batch)
+        pending = {s.request.request_id: t for s, t in zip(*previous, strict=True)} if previous else None
+        sampled = self.model.step(batch, pending)
+        self.scheduler.advance(batch)
+        finished = self.scheduler.resolve(*previous) if previous else []
+        self.in_flight = (batch, sampled) if batch.sequences else None
+        if self.scheduler.has_unfinished():
+            assert batch.sequences or previous, "scheduler stalled with unfinished requests"
+        return batch, finished
 
 
 def make(num_blocks: int, block_size: int, max_batch_size: int, max_num_tokens: int, **kwargs):
@@ -67,12 +97,16 @@ def step(scheduler: Scheduler, model: PagedFakeModel) -> tuple[ScheduledBatch, l
     return batch, scheduler.update(batch, model.step(batch))
 
 
-def run_to_completion(scheduler: Scheduler, model: PagedFakeModel, max_steps: int = 1000) -> list[Request]:
+def run_to_completion(
+    scheduler: Scheduler, model: PagedFakeModel, max_steps: int = 1000, overlap: bool | Overlapped = False
+) -> list[Request]:
+    """`overlap`: True, or the Overlapped driver that has a step in flight, to run with overlap scheduling."""
     finished = []
+    driver = overlap if isinstance(overlap, Overlapped) else Overlapped(scheduler, model)
     for _ in range(max_steps):
         if not scheduler.has_unfinished():
             return finished
-        finished += step(scheduler, model)[1]
+        finished += (driver.step() if overlap else step(scheduler, model))[1]
     raise AssertionError("requests did not finish")
 
 
@@ -102,7 +136,8 @@ def test_requests_join_mid_flight() -> None:
     assert manager.num_used_blocks == 0
 
 
-def test_finishes_on_length_stop_token_and_eos() -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["read-back", "overlap"])
+def test_finishes_on_length_stop_token_and_eos(overlap: bool) -> None:
     prompt_len = 4
     expected = reference_output(request("s", prompt_len, 1).prompt_token_ids, 5)
     stop_at = expected[2]
@@ -116,7 +151,7 @@ def test_finishes_on_length_stop_token_and_eos() -> None:
     eos_ignored = Request("ign", list(same_prompt), ignoring)
     for r in (by_length, by_stop_id, by_eos, eos_ignored):
         scheduler.add(r)
-    run_to_completion(scheduler, model)
+    run_to_completion(scheduler, model, overlap=overlap)
     assert (len(by_length.output_token_ids), by_length.finish_reason) == (3, "length")
     assert (by_stop_id.output_token_ids, by_stop_id.finish_reason) == (expected[:3], "stop")
     assert (by_eos.output_token_ids, by_eos.finish_reason) == (expected[:3], "stop")
@@ -190,10 +225,12 @@ def test_preemption_recomputes_and_completes() -> None:
     assert manager.num_used_blocks == 0
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["read-back", "overlap"])
 @pytest.mark.parametrize("seed", range(5))
-def test_random_traffic_respects_bounds_and_leaks_nothing(seed: int) -> None:
+def test_random_traffic_respects_bounds_and_leaks_nothing(seed: int, overlap: bool) -> None:
     rng = random.Random(seed)
     manager, scheduler, model = make(num_blocks=10, block_size=4, max_batch_size=4, max_num_tokens=16)
+    driver = Overlapped(scheduler, model)
     pending = [request(f"r{i}", rng.randint(1, 12), rng.randint(1, 12)) for i in range(24)]
     all_requests = list(pending)
     aborted = set()
@@ -206,7 +243,7 @@ def test_random_traffic_respects_bounds_and_leaks_nothing(seed: int) -> None:
             if victim.arrival_order >= 0:
                 assert scheduler.abort(victim.request_id) is victim
                 aborted.add(victim.request_id)
-        step(scheduler, model)
+        driver.step() if overlap else step(scheduler, model)
         if not pending and not scheduler.has_unfinished():
             break
     assert not scheduler.has_unfinished() and manager.num_used_blocks == 0
@@ -238,12 +275,13 @@ def test_abort_and_finish_free_blocks_at_once() -> None:
     assert not scheduler.has_unfinished() and manager.num_used_blocks == 0
 
 
-def test_sequence_outgrowing_the_cache_finishes_with_length() -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["read-back", "overlap"])
+def test_sequence_outgrowing_the_cache_finishes_with_length(overlap: bool) -> None:
     manager, scheduler, model = make(num_blocks=2, block_size=4, max_batch_size=2, max_num_tokens=16)
     assert scheduler.max_seq_len == 8
     long_runner = request("long", 3, 100)
     scheduler.add(long_runner)
-    run_to_completion(scheduler, model)
+    run_to_completion(scheduler, model, overlap=overlap)
     assert (long_runner.num_tokens, long_runner.finish_reason) == (8, "length")
     assert manager.num_used_blocks == 0
 
@@ -264,3 +302,26 @@ def test_impossible_requests_are_rejected_at_add() -> None:
         Scheduler(BlockManager(4, 4), max_batch_size=8, max_num_tokens=4)
     with pytest.raises(ValueError, match="max_seq_len"):
         Scheduler(BlockManager(4, 4), max_batch_size=2, max_num_tokens=64, max_seq_len=17)
+
+
+def test_overlapped_preemption_waits_for_the_victims_token_then_recomputes_it() -> None:
+    manager, scheduler, model = make(num_blocks=5, block_size=4, max_batch_size=2, max_num_tokens=64)
+    a, b = request("a", 6, 8), request("b", 6, 8)
+    for r in (a, b):
+        scheduler.add(r)
+    driver = Overlapped(scheduler, model)
+    for _ in range(100):
+        batch, _ = driver.step()
+        if batch.preempted:
+            break
+    assert batch.preempted == [b] and driver.preempted_with_pending == [b]
+    assert b.num_pending == 0 and b.status is RequestStatus.WAITING  # its in-flight token was read back
+    generated = list(b.output_token_ids)
+    recompute = None
+    while recompute is None:
+        recompute = next((seq for seq in driver.step()[0] if seq.request is b), None)
+    assert recompute.is_prefill and recompute.token_ids == b.prompt_token_ids + generated  # with that token
+    run_to_completion(scheduler, model, overlap=driver)
+    for r in (a, b):
+        assert r.output_token_ids == reference_output(r.prompt_token_ids, r.params.max_tokens)
+    assert manager.num_used_blocks == 0

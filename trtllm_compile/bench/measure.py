@@ -116,9 +116,9 @@ def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "t
     first_token_at, finished = None, 0
     while finished < len(rows):
         outputs = engine.step()
+        # Outputs hold tokens read back to the host: every prompt has its first token once none waits
         if first_token_at is None and outputs and all(len(o.token_ids) >= 1 for o in outputs):
             if engine.scheduler.num_waiting == 0:
-                sync(device)
                 first_token_at = time.perf_counter()
         finished += sum(o.finished for o in outputs)
     sync(device)

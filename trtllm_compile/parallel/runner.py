@@ -20,7 +20,7 @@ import torch.distributed as dist
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.parallel.config import TensorParallelConfig
 from trtllm_compile.parallel.step_graph import build_sharded_step_graph, place_constants
-from trtllm_compile.runtime.model_runner import ModelRunner
+from trtllm_compile.runtime.model_runner import ModelRunner, PendingTokens
 from trtllm_compile.runtime.scheduler import ScheduledBatch, ScheduledSequence
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,11 @@ class TensorParallelRunner(ModelRunner):
         dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=self.control_group)
         return int(blocks)
 
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Rank 0: send the batch to the other ranks, then run it; returns the gathered logits."""
+    def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
+        """Rank 0: send the batch to the other ranks, then run it; returns the gathered logits. The engine reads
+        every step back before the next (`pending` is None): the other ranks get token ids from the host."""
+        if pending is not None:
+            raise ValueError("tensor-parallel steps take no pending tokens: run the engine without overlap scheduling")
         self._send(_STEP, pack_batch(batch))
         return super().execute(batch)
 

@@ -2,6 +2,13 @@
 
 `LLM` (offline batches), the Hugging Face `generate()` shim and the OpenAI server all drive this loop, so
 concurrent requests share each step's GEMMs (in-flight batching).
+
+Overlap scheduling (on by default): `step()` launches step n+1 before it reads step n's sampled tokens back, so
+the host's scheduling, input building, sampling and detokenizing run while the GPU computes, instead of
+between its steps. Step n+1's decodes take their input tokens from step n's sampled tokens on the device.
+Outputs then trail the launches by one step, and a request that samples a stop token has had one more step
+computed, which is dropped. Steps whose sampling needs every earlier token on the host (repetition penalty)
+read the step in flight back first.
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ import torch
 
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.runtime.kv_cache import BlockManager
-from trtllm_compile.runtime.model_runner import ModelRunner
+from trtllm_compile.runtime.model_runner import ModelRunner, PendingTokens
 from trtllm_compile.runtime.sampling import SamplingParams, make_generator, sample
-from trtllm_compile.runtime.scheduler import Request, Scheduler
+from trtllm_compile.runtime.scheduler import Request, ScheduledBatch, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,21 @@ class EngineConfig:
     compile: CompileConfig = field(default_factory=CompileConfig)
     tensor_parallel_size: int = 1  # ranks (one GPU each; gloo processes on CPU); see parallel/launch.py
     build_in_turn: bool = False  # tensor parallel: ranks build their shards one at a time (host memory)
+    overlap_scheduling: bool = True  # launch step n+1 before reading step n's tokens (one rank only)
+
+
+@dataclass
+class _LaunchedStep:
+    """A step queued on the device: its batch, its sampled tokens there, and their copy to the host."""
+
+    batch: ScheduledBatch
+    token_ids: torch.Tensor
+    host_token_ids: torch.Tensor
+    copied: torch.cuda.Event | None  # None on CPU, where the tokens are on the host already
+
+    def pending_tokens(self) -> PendingTokens:
+        rows = {seq.request.request_id: row for row, seq in enumerate(self.batch.sequences)}
+        return PendingTokens(rows, self.token_ids)
 
 
 @dataclass
@@ -96,6 +118,8 @@ class LLMEngine:
         self._generators: dict[str, torch.Generator | None] = {}
         self._texts: dict[str, str] = {}
         self._ids = itertools.count()
+        self._overlap = config.overlap_scheduling and config.tensor_parallel_size == 1
+        self._in_flight: _LaunchedStep | None = None
 
     @property
     def report(self):
@@ -134,22 +158,51 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
-        """Run one batched model step; returns an output for every request that advanced."""
+        """Launch one batched model step; returns an output for every request that advanced in the step read
+        back now (the one launched by the previous call, with overlap scheduling; else this one)."""
         batch = self.scheduler.schedule()
-        if not batch.sequences:
-            return []
-        logits = self.runner.execute(batch)
+        previous = self._in_flight.pending_tokens() if self._in_flight is not None else None
+        outputs = []
+        if any(seq.request.params.repetition_penalty != 1.0 for seq in batch.sequences):
+            outputs += self._read_back()  # the penalty needs every earlier token on the host
+        launched = self._launch(batch, previous) if batch.sequences else None
+        outputs += self._read_back()
+        self._in_flight = launched
+        if not self._overlap:
+            outputs += self._read_back()
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch, previous: PendingTokens | None) -> _LaunchedStep:
+        logits = self.runner.execute(batch, previous)
         requests = [seq.request for seq in batch.sequences]
         params = [r.params for r in requests]
         penalized = any(p.repetition_penalty != 1.0 for p in params)  # only then does sampling need history
-        tokens = sample(
+        token_ids = sample(
             logits,
             params,
-            [self._generators[r.request_id] for r in requests],
+            [self._generators.get(r.request_id) for r in requests],  # gone: finished by the read-back above
             [r.all_token_ids for r in requests] if penalized else None,
         )
-        self.scheduler.update(batch, tokens.tolist())
-        return [self._output(request) for request in requests]
+        self.scheduler.advance(batch)
+        if token_ids.device.type != "cuda":
+            return _LaunchedStep(batch, token_ids, token_ids, None)
+        host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+        host.copy_(token_ids, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return _LaunchedStep(batch, token_ids, host, copied)
+
+    def _read_back(self) -> list[RequestOutput]:
+        """Wait for the step in flight's tokens and record them; outputs of the requests it advanced."""
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            return []
+        if step.copied is not None:
+            step.copied.synchronize()
+        requests = [seq.request for seq in step.batch.sequences]
+        advanced = [r for r in requests if not r.is_finished]  # the others finished while it was in flight
+        self.scheduler.resolve(step.batch, step.host_token_ids.tolist())
+        return [self._output(request) for request in advanced]
 
     def _output(self, request: Request) -> RequestOutput:
         text = previous = self._texts.get(request.request_id, "")

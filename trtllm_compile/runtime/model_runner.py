@@ -6,18 +6,28 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.runtime.kv_cache import CPU_KV_CACHE_FRACTION, available_host_memory, num_blocks_for_memory
-from trtllm_compile.runtime.scheduler import ScheduledBatch
+from trtllm_compile.runtime.scheduler import PENDING, ScheduledBatch
 from trtllm_compile.runtime.step_graph import build_step_graph
 
 logger = logging.getLogger(__name__)
 
 CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+@dataclass
+class PendingTokens:
+    """Tokens the step in flight sampled, still on the device: `token_ids[rows[request_id]]` is the input of
+    that request's `PENDING` decode in the next step."""
+
+    rows: dict[str, int]
+    token_ids: torch.Tensor
 
 
 def _cuda_kernels_ready() -> bool:
@@ -94,8 +104,9 @@ class ModelRunner:
         fit = num_blocks_for_memory(available, CPU_KV_CACHE_FRACTION, self._bytes_per_block())
         return max(self.max_blocks_per_seq, min(full_batch, fit))
 
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Logits [num_sequences, vocab] (float32) of each sequence's last fed token, in batch order."""
+    def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
+        """Logits [num_sequences, vocab] (float32) of each sequence's last fed token, in batch order.
+        `pending`: where the `PENDING` input tokens are (the previous step's samples, on the device)."""
         sequences = batch.sequences
         # Decodes first: the GPU kernel handles the single-token rows together, prefills after.
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].token_ids) > 1)
@@ -105,22 +116,27 @@ class ModelRunner:
             and all(len(s.token_ids) == 1 for s in ordered)
             and len(ordered) <= self.graph_sizes[-1]
         ):
-            logits = self._replay(ordered)
+            logits = self._replay(ordered, pending)
         else:
-            logits = self.step.graph_module(*self._inputs(ordered, len(ordered), self.max_blocks_for(ordered)))[0][0]
+            inputs = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
+            logits = self.step.graph_module(*inputs)[0][0]
         if order == sorted(order):  # the scheduler lists decodes first already: no reordering copy
             return logits.float()
         out = torch.empty_like(logits, dtype=torch.float32)
-        out[torch.tensor(order, device=logits.device)] = logits.float()
+        out[torch.tensor(order).to(logits.device, non_blocking=True)] = logits.float()
         return out
 
     def max_blocks_for(self, sequences) -> int:
         return max(len(s.block_table) for s in sequences)
 
-    def _inputs(self, sequences, padded_rows: int, table_width: int) -> list[torch.Tensor]:
+    def _inputs(
+        self, sequences, padded_rows: int, table_width: int, pending: PendingTokens | None = None
+    ) -> list[torch.Tensor]:
         """Step inputs for `sequences`, padded to `padded_rows` single-token rows writing to the spare block.
 
         Built in numpy and copied once: at a thousand rows, Python lists of block tables cost more than the step.
+        Every copy is asynchronous (no wait for the step in flight), and `PENDING` tokens are gathered from
+        `pending` on the device.
         """
         spare = self.num_blocks
         lengths = np.array([len(s.token_ids) for s in sequences] + [1] * (padded_rows - len(sequences)))
@@ -131,9 +147,13 @@ class ModelRunner:
         slots = np.full(starts[-1], spare * self.block_size, dtype=np.int64)
         tables = np.full((padded_rows, table_width), spare, dtype=np.int32)
         context_lens = np.ones(padded_rows, dtype=np.int32)
+        pending_at: list[tuple[int, int]] = []  # (flat token index, row of the previous step)
         for row, seq in enumerate(sequences):
             rows = slice(starts[row], starts[row + 1])
-            token_ids[rows] = seq.token_ids
+            if seq.token_ids[0] == PENDING:  # a decode: its single input token is still on the device
+                pending_at.append((starts[row], pending.rows[seq.request.request_id]))
+            else:
+                token_ids[rows] = seq.token_ids
             positions[rows] = np.arange(seq.start_pos, seq.start_pos + lengths[row])
             slots[rows] = seq.slot_mapping
             tables[row, : len(seq.block_table)] = seq.block_table
@@ -142,8 +162,12 @@ class ModelRunner:
         def on_device(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array).to(self.device, non_blocking=True)
 
+        device_token_ids = on_device(token_ids)
+        if pending_at:
+            where, rows = on_device(np.ascontiguousarray(np.array(pending_at, dtype=np.int64).T))
+            device_token_ids.index_copy_(0, where, pending.token_ids.index_select(0, rows))
         return [
-            on_device(token_ids)[None],
+            device_token_ids[None],
             on_device(positions)[None],
             self.kv_cache,
             on_device(slots),
@@ -153,12 +177,12 @@ class ModelRunner:
             on_device(starts[1:].astype(np.int64) - 1),
         ]
 
-    def _replay(self, sequences) -> torch.Tensor:
+    def _replay(self, sequences, pending: PendingTokens | None) -> torch.Tensor:
         size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, len(sequences))]
         if size not in self._graphs:
             self._graphs[size] = self._capture(size)
         graph, static_inputs, static_logits = self._graphs[size]
-        fresh = self._inputs(sequences, size, self.max_blocks_per_seq)
+        fresh = self._inputs(sequences, size, self.max_blocks_per_seq, pending)
         for static, new in zip(static_inputs, fresh, strict=True):
             if static is not self.kv_cache and static.device.type == "cuda":
                 static.copy_(new, non_blocking=True)

@@ -74,7 +74,7 @@ def apply_repetition_penalty(logits: Tensor, penalties: list[float], prev_tokens
 def apply_top_k(logits: Tensor, top_k: list[int]) -> Tensor:
     """Keep each row's `top_k` largest logits (and ties with the k-th, as HF); 0 keeps everything."""
     vocab = logits.shape[-1]
-    k = torch.tensor([vocab if k <= 0 else min(k, vocab) for k in top_k], device=logits.device)
+    k = _per_row([vocab if k <= 0 else min(k, vocab) for k in top_k], logits.device)
     kth_largest = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
     return logits.masked_fill(logits < kth_largest, float("-inf"))
 
@@ -84,10 +84,10 @@ def apply_top_p(logits: Tensor, top_p: list[float]) -> Tensor:
     sorted_logits, sorted_ids = logits.sort(dim=-1, descending=False)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     # `1 - p` in Python double, then float32, which is exactly what HF's scalar comparison does.
-    threshold = torch.tensor([1.0 - p for p in top_p], dtype=cumulative.dtype, device=logits.device)
+    threshold = _per_row([1.0 - p for p in top_p], logits.device, cumulative.dtype)
     remove_sorted = cumulative <= threshold[:, None]
     remove_sorted[:, -1] = False
-    remove_sorted &= torch.tensor([p < 1.0 for p in top_p], device=logits.device)[:, None]
+    remove_sorted &= _per_row([p < 1.0 for p in top_p], logits.device)[:, None]
     remove = remove_sorted.scatter(1, sorted_ids, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
 
@@ -114,20 +114,27 @@ def sample(
             raise ValueError("repetition_penalty needs prev_tokens (prompt + output ids) for every row")
         logits = apply_repetition_penalty(logits, penalties, prev_tokens)
 
-    tokens = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     greedy_rows = [i for i, p in enumerate(params) if p.is_greedy]
     random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
-    if greedy_rows:
-        tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
-    if random_rows:
-        row_params = [params[i] for i in random_rows]
-        probs = _filtered_probs(logits[random_rows], row_params)
-        tokens[random_rows] = _draw(probs, [generators[i] for i in random_rows])
+    # One mode for every row: no row indexing, whose host-made indices would wait for the device
+    if not random_rows:
+        return logits.argmax(dim=-1)
+    if not greedy_rows:
+        return _draw(_filtered_probs(logits, params), generators)
+    tokens = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
+    tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+    probs = _filtered_probs(logits[random_rows], [params[i] for i in random_rows])
+    tokens[random_rows] = _draw(probs, [generators[i] for i in random_rows])
     return tokens
 
 
+def _per_row(values: list, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """A per-row parameter on the device, copied without waiting for the device's queued work."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def _filtered_probs(logits: Tensor, params: list[SamplingParams]) -> Tensor:
-    temperature = torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
+    temperature = _per_row([p.temperature for p in params], logits.device)[:, None]
     logits = logits / temperature
     if any(p.top_k > 0 for p in params):
         logits = apply_top_k(logits, [p.top_k for p in params])
@@ -138,8 +145,10 @@ def _filtered_probs(logits: Tensor, params: list[SamplingParams]) -> Tensor:
 
 def _draw(probs: Tensor, generators: list[torch.Generator | None]) -> Tensor:
     """One multinomial draw per row: rows on the global RNG in one call, seeded rows one by one."""
-    tokens = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
     unseeded = [i for i, g in enumerate(generators) if g is None]
+    if len(unseeded) == len(generators):
+        return torch.multinomial(probs, 1).squeeze(1)
+    tokens = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
     if unseeded:
         tokens[unseeded] = torch.multinomial(probs[unseeded], 1).squeeze(1)
     for row, generator in enumerate(generators):

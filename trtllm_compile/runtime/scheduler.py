@@ -8,6 +8,12 @@ of the queue, to be recomputed later by a prefill of prompt + generated tokens.
 
 Because a recompute is one prefill, a sequence may never grow past `max_seq_len` (at most `max_num_tokens`
 and the whole cache); one that reaches it finishes with "length" instead of getting stuck.
+
+A step's sampled tokens may still be on the device when the next step is scheduled (the engine overlaps the
+host's work with the GPU's): `advance()` counts each scheduled request's token as pending, the next step feeds
+it as `PENDING` (the runner takes it from the device), and `resolve()` records the values once read back. A
+request whose last token is in flight and that then reaches its length limit is not scheduled again; one that
+turns out to have sampled a stop token had one more step in flight, whose token `resolve()` drops.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from trtllm_compile.runtime.sampling import SamplingParams
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "abort"]
+PENDING = -1  # a decode's input token that the previous step sampled and the host has not read back yet
 
 
 class RequestStatus(enum.Enum):
@@ -44,14 +51,20 @@ class Request:
     finish_reason: FinishReason | None = None
     arrival_order: int = -1  # set by Scheduler.add
     num_preemptions: int = 0
+    num_pending: int = 0  # sampled tokens not read back yet (they follow output_token_ids)
 
     @property
     def all_token_ids(self) -> list[int]:
+        """Prompt and output tokens read back so far (without the pending ones)."""
         return self.prompt_token_ids + self.output_token_ids
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending
+
+    @property
+    def last_token_id(self) -> int:
+        return PENDING if self.num_pending else self.all_token_ids[-1]
 
     @property
     def is_finished(self) -> bool:
@@ -184,19 +197,31 @@ class Scheduler:
         return batch
 
     def update(self, batch: ScheduledBatch, sampled_token_ids: list[int]) -> list[Request]:
-        """Record each scheduled request's sampled token; returns the requests that finished this step."""
+        """`advance` then `resolve`: a step whose tokens are read back before the next one is scheduled."""
+        self.advance(batch)
+        return self.resolve(batch, sampled_token_ids)
+
+    def advance(self, batch: ScheduledBatch) -> None:
+        """The step is launched: each scheduled request has one more token, pending until `resolve`."""
+        for seq in batch.sequences:
+            if not seq.request.is_finished:
+                seq.request.num_pending += 1
+
+    def resolve(self, batch: ScheduledBatch, sampled_token_ids: list[int]) -> list[Request]:
+        """Record each scheduled request's sampled token; returns the requests that finished with it. Requests
+        finished in the meantime (from outside, or by a stop token of the step before) are skipped."""
         if len(sampled_token_ids) != len(batch.sequences):
             raise ValueError(f"{len(batch)} sequences scheduled but {len(sampled_token_ids)} sampled tokens")
         finished = []
         for seq, token_id in zip(batch.sequences, sampled_token_ids, strict=True):
             request = seq.request
-            if request.status is not RequestStatus.RUNNING:  # finished from outside after schedule()
+            if request.is_finished:
                 continue
+            request.num_pending -= 1
             request.output_token_ids.append(int(token_id))
             reason = self._finish_reason(request, int(token_id))
             if reason is not None:
-                self._running.remove(request)
-                self._retire(request, reason)
+                self.finish(request.request_id, reason)
                 finished.append(request)
         return finished
 
@@ -204,6 +229,9 @@ class Scheduler:
         index = 0
         while index < len(self._running):
             request = self._running[index]
+            if self._reached_length(request):
+                index += 1
+                continue  # its last token is in flight; it finishes when that is read back
             # The KV of every token but the last is cached; this step writes the last one's.
             while not self.block_manager.can_append(request.request_id, 1):
                 victim = self._running.pop()
@@ -215,15 +243,15 @@ class Scheduler:
             position = request.num_tokens - 1
             slots = self.block_manager.append_slots(request.request_id, 1)
             table = self.block_manager.block_table(request.request_id)
-            batch.sequences.append(
-                ScheduledSequence(request, [request.all_token_ids[-1]], position, False, slots, table)
-            )
+            batch.sequences.append(ScheduledSequence(request, [request.last_token_id], position, False, slots, table))
             index += 1
 
     def _admit_waiting(self, batch: ScheduledBatch) -> None:
         num_tokens = batch.num_tokens
         while self._waiting and len(self._running) < self.max_batch_size:
             request = self._waiting[0]
+            if request.num_pending:  # preempted with a token in flight: recomputed once it is read back
+                break
             token_ids = request.all_token_ids  # prompt, plus generated tokens after a preemption
             if num_tokens + len(token_ids) > self.max_num_tokens:
                 break
@@ -249,12 +277,19 @@ class Scheduler:
         params = request.params
         if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.eos_token_ids):
             return "stop"
-        if len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_seq_len:
+        generated = len(request.output_token_ids)
+        if generated >= params.max_tokens or len(request.prompt_token_ids) + generated >= self.max_seq_len:
             return "length"
         return None
+
+    def _reached_length(self, request: Request) -> bool:
+        """Counting its pending tokens, the request has all the tokens it may have: schedule it no more."""
+        generated = len(request.output_token_ids) + request.num_pending
+        return generated >= request.params.max_tokens or request.num_tokens >= self.max_seq_len
 
     def _retire(self, request: Request, reason: FinishReason) -> None:
         if request.request_id in self.block_manager:
             self.block_manager.free(request.request_id)
         request.status, request.finish_reason = RequestStatus.FINISHED, reason
+        request.num_pending = 0  # a token still in flight is dropped when it arrives
         del self._unfinished[request.request_id]
