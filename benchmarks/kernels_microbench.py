@@ -82,7 +82,7 @@ def decode_rows(context: int, page: int, dtype: torch.dtype):
             eager, host = eager_and_host_us(fn, arg_sets[0])
             del arg_sets
             peer = gpu_us(_sdpa, [_sdpa_args(batch, hq, hkv, d, context, dtype) for _ in range(copies)])
-            splits, _ = paged_attention.plan_splits(batch * hkv, context, torch.device("cuda"))
+            splits = paged_attention.plan_splits(batch * hkv, context, torch.device("cuda"))
             best = getattr(paged_attention._paged_decode_tuned.tuned, "best_config", None)
             cfg = f" N{best.kwargs['BLOCK_N']}/w{best.num_warps}/s{best.num_stages}" if best else ""
             label = f"decode {name} ({hq}q/{hkv}kv) bs={batch} ctx={context} page={page} splits={splits}{cfg}"

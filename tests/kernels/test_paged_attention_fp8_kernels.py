@@ -36,16 +36,16 @@ def test_fp8_reference_reads_what_fp8_qdq_returns():
     assert torch.equal(actual, expected)
 
 
-@pytest.mark.parametrize("partition", [None, 16], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])
 @pytest.mark.parametrize("q_heads,kv_heads", HEADS, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_paged_decode_fp8_interpreted(interpreted, assert_matches, dtype, q_heads, kv_heads, partition):
+def test_paged_decode_fp8_interpreted(interpreted, assert_matches, dtype, q_heads, kv_heads, splits):
     attn = interpreted("paged_attention")
     if dtype == torch.bfloat16 and q_heads // kv_heads > 2:
         pytest.skip("Triton's interpreter multiplies bf16 tl.dot operands as raw uint16 bits; the GPU tests cover it")
     args, (k_scale, v_scale), scale = _fp8_case([13, 0, 1, 16, 30], q_heads, kv_heads, 16, 8, dtype, "cpu")
     expected = attn.paged_decode_attention_reference(*args, scale, k_scale=k_scale, v_scale=v_scale)
-    actual = attn.paged_decode_attention(*args, scale, partition_size=partition, k_scale=k_scale, v_scale=v_scale)
+    actual = attn.paged_decode_attention(*args, scale, num_splits=splits, k_scale=k_scale, v_scale=v_scale)
     assert_matches(actual, expected, "attention")
     assert actual[1].abs().max() == 0  # seq_len 0 attends to nothing
 

@@ -32,17 +32,17 @@ VARIANTS = {"plain": {}, "softcap": {"softcap": 5.0}, "window": {"sliding_window
 INTERPRETED_CASES = [(d, v) for d in DTYPES for v in VARIANTS if v == "plain" or d == torch.float32]
 
 
-@pytest.mark.parametrize("partition", [None, 16], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])
 @pytest.mark.parametrize("q_heads,kv_heads", HEADS, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype,variant", INTERPRETED_CASES, ids=str)
-def test_paged_decode_interpreted(interpreted, assert_matches, dtype, variant, q_heads, kv_heads, partition):
+def test_paged_decode_interpreted(interpreted, assert_matches, dtype, variant, q_heads, kv_heads, splits):
     attn = interpreted("paged_attention")
     if dtype == torch.bfloat16 and q_heads // kv_heads > 2:
         pytest.skip("Triton's interpreter multiplies bf16 tl.dot operands as raw uint16 bits; the GPU tests cover it")
     # lengths: empty, one token, a page boundary, the window edge, and a multi-partition sequence
     args, scale = _paged_case([13, 0, 1, 16, 30], q_heads, kv_heads, 16, 8, dtype, "cpu")
     expected = attn.paged_decode_attention_reference(*args, scale, **VARIANTS[variant])
-    actual = attn.paged_decode_attention(*args, scale, **VARIANTS[variant], partition_size=partition)
+    actual = attn.paged_decode_attention(*args, scale, **VARIANTS[variant], num_splits=splits)
     assert_matches(actual, expected, "attention")
     assert actual[1].abs().max() == 0  # seq_len 0 attends to nothing
 
@@ -52,7 +52,7 @@ def test_paged_decode_interpreted_strided_q_and_out(interpreted, assert_matches)
     (q, *rest), scale = _paged_case([9, 21], 8, 2, 32, 4, torch.float16, "cpu")
     qkv = torch.cat([q, torch.zeros_like(q), torch.zeros_like(q)], dim=1)  # q as a view of a fused qkv row
     out = torch.full((2, 8, 32), float("nan"), dtype=torch.float16)
-    attn.paged_decode_attention(qkv[:, :8], *rest, scale, out=out, partition_size=8)
+    attn.paged_decode_attention(qkv[:, :8], *rest, scale, out=out, num_splits=3)
     assert_matches(out, attn.paged_decode_attention_reference(q, *rest, scale), "attention")
 
 
@@ -79,13 +79,13 @@ def test_paged_decode_gpu(assert_matches, dtype, q_heads, kv_heads, head_dim, pa
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["softcap", "window"])
-@pytest.mark.parametrize("partition", [None, 256], ids=["auto", "split-k"])
-def test_paged_decode_gpu_masks(assert_matches, variant, partition, monkeypatch):
+@pytest.mark.parametrize("splits", [None, 4], ids=["auto", "split-k"])
+def test_paged_decode_gpu_masks(assert_matches, variant, splits, monkeypatch):
     from trtllm_compile.kernels import paged_attention as attn
 
     monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
     kwargs = {"softcap": 50.0} if variant == "softcap" else {"sliding_window": 300}  # Gemma-2-like
     args, scale = _paged_case([1000, 7, 299, 300, 301, 640], 16, 8, 128, 16, torch.bfloat16, "cuda")
     expected = attn.paged_decode_attention_reference(*args, scale, **kwargs)
-    actual = attn.paged_decode_attention(*args, scale, **kwargs, partition_size=partition)
+    actual = attn.paged_decode_attention(*args, scale, **kwargs, num_splits=splits)
     assert_matches(actual, expected, "attention")

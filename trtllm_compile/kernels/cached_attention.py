@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from trtllm_compile.kernels.kv_cache import write_kv_cache
 from trtllm_compile.kernels.paged_attention import paged_decode_attention
-from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, check_kv_scales, load_kv, store_kv, write_kv_cache
+from trtllm_compile.ops.attention import attend
+from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, check_kv_scales, load_kv, store_kv
 
 
 def paged_attention(
@@ -44,10 +46,10 @@ def paged_attention(
     starts = host_query_start_loc.tolist()
     lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
-    out = torch.empty_like(q)
-    if num_decodes:
-        decoded = paged_decode_attention(
-            q[0, :, :num_decodes].transpose(0, 1).contiguous(),
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)  # the decode kernel writes [N, H, D] views
+    if num_decodes:  # [N, H, D] views: the kernel reads q and writes out through their strides
+        paged_decode_attention(
+            _decode_rows(q, num_decodes),
             kv_cache[layer, 0],
             kv_cache[layer, 1],
             block_tables[:num_decodes],
@@ -55,13 +57,19 @@ def paged_attention(
             scale,
             softcap,
             sliding_window,
+            out=out[0, :, :num_decodes].transpose(0, 1),
             k_scale=k_scale,
             v_scale=v_scale,
         )
-        out[0, :, :num_decodes] = decoded.transpose(0, 1)
     for start, end in zip(starts[num_decodes:-1], starts[num_decodes + 1 :], strict=True):
         rows = slice(start, end)
-        out[:, :, rows] = torch.ops.trtllm.attention(
+        out[:, :, rows] = attend(
             q[:, :, rows], k[:, :, rows], v[:, :, rows], None, scale, True, sliding_window, softcap
         )
     return out
+
+
+def _decode_rows(q: Tensor, num_decodes: int) -> Tensor:
+    """The decode tokens of q [1, H, T, D] as [num_decodes, H, D] (a view when the head dim is contiguous)."""
+    rows = q[0, :, :num_decodes].transpose(0, 1)
+    return rows if rows.stride(-1) == 1 else rows.contiguous()

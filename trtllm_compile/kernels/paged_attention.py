@@ -2,8 +2,11 @@
 
 One program per (sequence, KV head, split) serves all query heads of the group, so each K/V row is read once.
 Positions are gathered token by token through the block table (slot = block * PAGE + pos % PAGE), which
-keeps the tile size independent of the page size. When sequences x KV heads cannot fill the GPU, the context
-is split into partitions whose partial (max, sum, unnormalized output) are merged by a second kernel.
+keeps the tile size independent of the page size. When sequences x KV heads cannot fill the GPU, each
+sequence's context is split into up to `num_splits` equal partitions of at least _MIN_PARTITION tokens, whose
+partial (max, sum, unnormalized output) are merged by a second kernel. The partitions are sized in the kernel
+from the sequence's actual length, so a CUDA graph captured for the longest context still spreads a long
+context over every split, and a short one over few (the others return at once).
 
 An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is dequantized as it is loaded: each K/V tile
 becomes (fp8 -> fp32) * scale, rounded to q's dtype, which is `trtllm::fp8_qdq`'s read. FP8 loads need a GPU
@@ -35,19 +38,22 @@ def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, k_scale_ptr, v_scale_ptr,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_on, stride_oh,
-    num_q_heads, num_splits, partition, scale, softcap, sliding_window,
+    num_q_heads, num_splits, scale, softcap, sliding_window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr,
-    KV_FP8: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    MIN_PARTITION: tl.constexpr, KV_FP8: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(lens_ptr + n)
-    lo = split * partition
-    hi = tl.minimum(lo + partition, seq_len)
+    first = 0
     if WINDOW:
-        lo = tl.maximum(lo, seq_len - sliding_window)
+        first = tl.maximum(seq_len - sliding_window, 0)
+    partition = tl.maximum(tl.cdiv(seq_len - first, num_splits), MIN_PARTITION)  # short: fewer busy splits
+    lo = first + split * partition
+    hi = tl.minimum(lo + partition, seq_len)
 
     offs_g, offs_d = tl.arange(0, BLOCK_G), tl.arange(0, BLOCK_D)
     heads = kv_head * GROUP + offs_g
@@ -149,15 +155,13 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan_splits(programs: int, max_context: int, device: torch.device) -> tuple[int, int]:
-    """(num_splits, partition tokens): split only when sequences x KV heads leave the GPU under two waves."""
+def plan_splits(programs: int, max_context: int, device: torch.device) -> int:
+    """Splits per sequence: one when sequences x KV heads fill two waves of the GPU, else enough for four
+    (at most one per _MIN_PARTITION tokens of the longest context)."""
     sms = _num_sms(device)
-    if programs >= 2 * sms or max_context <= _MIN_PARTITION:
-        return 1, max(max_context, 1)
-    wanted = triton.cdiv(4 * sms, programs)
-    partition = max(_MIN_PARTITION, triton.next_power_of_2(triton.cdiv(max_context, wanted)))
-    splits = triton.cdiv(max_context, partition)
-    return (splits, partition) if splits > 1 else (1, max_context)
+    if programs >= 2 * sms:
+        return 1
+    return max(1, min(triton.cdiv(4 * sms, programs), max_context // _MIN_PARTITION))
 
 
 def paged_decode_attention(
@@ -170,15 +174,15 @@ def paged_decode_attention(
     softcap: float = 0.0,
     sliding_window: int = -1,
     out: Tensor | None = None,
-    partition_size: int | None = None,
+    num_splits: int | None = None,
     k_scale: Tensor | None = None,
     v_scale: Tensor | None = None,
 ) -> Tensor:
     """One decode step: q [N, Hq, D] attends to the first seq_lens[n] cached positions of sequence n.
 
     k_cache/v_cache: [num_blocks, PAGE, Hkv, D]; block_tables: [N, max_blocks] int32; seq_lens: [N] int32,
-    each <= max_blocks * PAGE. `partition_size` forces the split-K partition (tokens); None picks one from the
-    GPU's SM count. `k_scale` / `v_scale` ([] float32): the caches are float8_e4m3fn, dequantized on load.
+    each <= max_blocks * PAGE. `num_splits` forces the split-K partitions per sequence; None picks them from
+    the GPU's SM count. `k_scale` / `v_scale` ([] float32): the caches are float8_e4m3fn, dequantized on load.
     CPU tensors run the PyTorch reference unless Triton's interpreter is on.
     """
     if q.device.type == "cpu" and not INTERPRETED:
@@ -209,11 +213,8 @@ def paged_decode_attention(
     block_tables, seq_lens = block_tables.contiguous(), seq_lens.contiguous()
     if n_seq == 0:
         return out
-    max_context = block_tables.shape[1] * page
-    if partition_size is None:
-        splits, partition = plan_splits(n_seq * hkv, max_context, q.device)
-    else:
-        splits, partition = triton.cdiv(max_context, partition_size), partition_size
+    splits = num_splits or plan_splits(n_seq * hkv, block_tables.shape[1] * page, q.device)
+    min_partition = 1 if num_splits else _MIN_PARTITION  # forced splits split any context (tests)
     group = hq // hkv
     use_dot = group > 2
     block_g = max(16, triton.next_power_of_2(group)) if use_dot else triton.next_power_of_2(group)
@@ -229,9 +230,10 @@ def paged_decode_attention(
         k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         block_tables.stride(0), out.stride(0), out.stride(1),
-        hq, splits, partition, float(scale), float(softcap), int(sliding_window),
+        hq, splits, float(scale), float(softcap), int(sliding_window),
         GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
         WINDOW=sliding_window > 0, USE_DOT=use_dot, FP32=q.dtype == torch.float32, KV_FP8=fp8,
+        MIN_PARTITION=min_partition,
         BLOCK_G=block_g, BLOCK_D=block_d,
     )  # fmt: skip
     if splits > 1:

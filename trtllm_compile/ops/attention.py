@@ -34,8 +34,7 @@ def combined_mask(attn_mask: Tensor | None, visible: Tensor | None, dtype: torch
     return attn_mask.to(dtype).masked_fill(~visible, torch.finfo(dtype).min)
 
 
-@torch.library.custom_op("trtllm::attention", mutates_args=())
-def attention(
+def attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -61,6 +60,21 @@ def attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     return (torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v).contiguous()
+
+
+@torch.library.custom_op("trtllm::attention", mutates_args=())
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None,
+    scale: float,
+    is_causal: bool = False,
+    sliding_window: int = -1,
+    softcap: float = 0.0,
+) -> Tensor:
+    """The fused attention op, on every device: `attend`."""
+    return attend(q, k, v, attn_mask, scale, is_causal, sliding_window, softcap)
 
 
 @attention.register_fake

@@ -1,0 +1,65 @@
+"""Writing a step's keys and values into the paged KV cache: one launch for K and V of every token.
+
+Token t's K and V rows ([Hkv, D], any strides with a contiguous head dim) go to slot `slot_mapping[t]` of the
+layer's caches (slot = block * block_size + offset). Elements are copied as they are: an FP8 cache gets bytes
+its caller quantized already (float8 tensors are copied as uint8, which every Triton target can load).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from trtllm_compile.kernels import is_interpreted
+
+
+@triton.jit
+def _write_kv_kernel(
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh, stride_slot, stride_head,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, BLOCK_D)[None, :]
+    mask = (heads < NUM_HEADS) & (dims < HEAD_DIM)
+    k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
+    v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
+    where = slot * stride_slot + heads * stride_head + dims
+    tl.store(k_cache_ptr + where, k, mask=mask)
+    tl.store(v_cache_ptr + where, v, mask=mask)
+
+
+INTERPRETED: bool = is_interpreted(_write_kv_kernel)
+
+
+def _as_copyable(t: Tensor) -> Tensor:
+    return t.view(torch.uint8) if t.dtype.itemsize == 1 else t
+
+
+def write_kv_cache(kv_cache: Tensor, layer: int, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
+    """kv_cache: [layers, 2, num_blocks, block_size, Hkv, D]; k/v: [1, Hkv, T, D] in the cache's dtype;
+    slot_mapping: [T] int (what `ops.paged_attention.write_kv_cache` does with index_copy, in one launch)."""
+    _, _, num_blocks, block_size, num_heads, head_dim = kv_cache.shape
+    if k.dtype != kv_cache.dtype or v.dtype != kv_cache.dtype:
+        raise ValueError(f"k {k.dtype} / v {v.dtype} must already be in the cache's dtype {kv_cache.dtype}")
+    k_rows, v_rows = k[0].transpose(0, 1), v[0].transpose(0, 1)  # [T, Hkv, D] views
+    if k_rows.shape != v_rows.shape or k_rows.shape[1:] != (num_heads, head_dim):
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not fit a cache of {num_heads} x {head_dim}")
+    k_rows = k_rows if k_rows.stride(-1) == 1 else k_rows.contiguous()
+    v_rows = v_rows if v_rows.stride(-1) == 1 else v_rows.contiguous()
+    num_tokens = k_rows.shape[0]
+    if num_tokens == 0:
+        return
+    caches = kv_cache[layer].view(2, num_blocks * block_size, num_heads, head_dim)
+    k_cache, v_cache = _as_copyable(caches[0]), _as_copyable(caches[1])
+    _write_kv_kernel[(num_tokens,)](
+        _as_copyable(k_rows), _as_copyable(v_rows), k_cache, v_cache, slot_mapping,
+        k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1), k_cache.stride(0), k_cache.stride(1),
+        NUM_HEADS=num_heads, HEAD_DIM=head_dim,
+        BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=4,
+    )  # fmt: skip
