@@ -4,6 +4,10 @@
 PyTorch references used on CPU). Triton is imported lazily, by the kernel modules, so importing this package
 costs nothing on a machine without it. `trtllm::paged_attention` gets `cached_attention.paged_attention`,
 which combines the paged decode kernel with SDPA for prefills.
+
+`bind_cuda_kernels(gm)` points a graph's op calls straight at those kernels (the runtime's step graph on a
+GPU): a custom op's dispatch (dispatcher hops, autograd and aliasing checks) costs the host about as much as
+a small kernel, and an eager prefill makes hundreds of such calls.
 """
 
 from __future__ import annotations
@@ -14,12 +18,39 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.fx
 
 logger = logging.getLogger(__name__)
 
 TRITON_AVAILABLE: bool = importlib.util.find_spec("triton") is not None
 
+CUDA_KERNELS: dict[str, Callable] = {}  # op name ("trtllm::rope") -> its CUDA implementation
 _registered = False
+
+
+def register_cuda_kernel(name: str, fn: Callable) -> Callable:
+    """Make `fn` the CUDA implementation of op `name`, and the function `bind_cuda_kernels` binds to."""
+    torch.library.register_kernel(name, "cuda", fn)
+    CUDA_KERNELS[name] = fn
+    return fn
+
+
+def cuda_kernel(name: str) -> Callable[[Callable], Callable]:
+    """Decorator form of `register_cuda_kernel`."""
+    return lambda fn: register_cuda_kernel(name, fn)
+
+
+def bind_cuda_kernels(gm: torch.fx.GraphModule) -> int:
+    """Call the registered CUDA implementations directly instead of through their ops; the graph then runs on
+    CUDA tensors only. Returns how many calls were bound."""
+    bound = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            fn = CUDA_KERNELS.get(node.target.name())
+            if fn is not None:
+                node.target, bound = fn, bound + 1
+    gm.recompile()
+    return bound
 
 
 def register_cuda_kernels() -> bool:
@@ -44,7 +75,7 @@ def register_cuda_kernels() -> bool:
         "trtllm::paged_attention": cached_attention.paged_attention,
         "trtllm::linear": gemv.linear,
     }.items():
-        torch.library.register_kernel(name, "cuda", fn)
+        register_cuda_kernel(name, fn)
     _registered = True
     return True
 

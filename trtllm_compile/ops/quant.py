@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trtllm_compile.kernels import TRITON_AVAILABLE
+from trtllm_compile.kernels import TRITON_AVAILABLE, cuda_kernel
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT8_MAX = 127.0
@@ -205,7 +205,7 @@ def _fp8_rows(rows: Tensor, input_scale: Tensor | None) -> tuple[Tensor, Tensor]
     return fp8_quantize(padded, scale), scale
 
 
-@fp8_linear.register_kernel("cuda")
+@cuda_kernel("trtllm::fp8_linear")
 def _fp8_linear_cuda(x, weight, weight_scale, input_scale, bias):
     if torch.cuda.get_device_capability(x.device) < (8, 9):  # no E4M3 conversions or FP8 GEMMs before Ada
         return fp8_linear_reference(x, weight, weight_scale, input_scale, bias)
@@ -228,7 +228,7 @@ def _fp8_linear_cuda(x, weight, weight_scale, input_scale, bias):
     return _finish(out[: rows.shape[0]], x.dtype, bias).reshape(*x.shape[:-1], n)
 
 
-@int8_linear.register_kernel("cuda")
+@cuda_kernel("trtllm::int8_linear")
 def _int8_linear_cuda(x, weight, weight_scale, input_scale, bias):
     n, k = weight.shape
     if k % 8 or n % 8:
@@ -267,7 +267,7 @@ def tinygemm_weight(weight: Tensor, scales: Tensor, zeros: Tensor | None, group_
     return converted
 
 
-@int4_linear.register_kernel("cuda")
+@cuda_kernel("trtllm::int4_linear")
 def _int4_linear_cuda(x, weight, scales, zeros, group_size, bias):
     n, k = weight.shape[0], weight.shape[1] * 2
     usable = (

@@ -73,7 +73,14 @@ class ModelRunner:
             dtype=geometry.dtype,
             device=self.device,
         )
-        self.use_cuda_graphs = cuda_graphs and self.device.type == "cuda" and _cuda_kernels_ready()
+        on_gpu = self.device.type == "cuda"
+        self.use_cuda_graphs = on_gpu and _cuda_kernels_ready() and cuda_graphs
+        if on_gpu:  # eager steps (prefills) launch the kernels without the custom-op dispatch around each
+            from trtllm_compile.kernels import bind_cuda_kernels
+
+            logger.info(
+                "step graph: %d op calls bound to their CUDA kernels", bind_cuda_kernels(self.step.graph_module)
+            )
         self.graph_sizes = [b for b in CUDA_GRAPH_BATCH_SIZES if b <= max_batch_size]
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         logger.info(
