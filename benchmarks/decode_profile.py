@@ -2,15 +2,18 @@
 
     PYTHONPATH=. python benchmarks/decode_profile.py [--config llama-2-7b|...|default] [--num-layers N]
         [--batch 1] [--context 256] [--steps 20] [--profile-steps 5] [--dtype bfloat16] [--device cuda]
-        [--out FILE.json] [--trace FILE.json]
+        [--prefill] [--out FILE.json] [--trace FILE.json]
 
 `--config`: a shape of bench/shapes.py (random weights made on the device) or "default" (the embedded model).
 `--batch` requests of `--context` random prompt tokens (seed 0) are prefilled and decoded greedily until each
-has a few tokens (CUDA graph captured and warm). Then (1) the median wall time of `--steps` decode steps, the
-median GPU time of the captured graph's replay alone (CUDA events) and their difference, the host gap
-(scheduling, input copies, sampling, detokenizing); (2) `--profile-steps` decode steps with CUDA graphs off
-under torch.profiler: each device kernel's calls and microseconds per step (top 25), and sums by category.
-On CPU there are no graphs nor kernels: the tables hold the CPU self time of the ops instead.
+has a few tokens (CUDA graph captured and warm). Then (1) the wall time per step of `--steps` decode steps
+back to back, the median GPU time of the captured graph's replay alone (CUDA events) and their difference,
+the host gap (scheduling, input copies, sampling, detokenizing that overlap scheduling does not hide);
+(2) `--profile-steps` decode steps with CUDA graphs off under torch.profiler: each device kernel's calls and
+microseconds per step (top 25), and sums by category. On CPU there are no graphs nor kernels: the tables
+hold the CPU self time of the ops instead. With `--prefill`, (3) the running requests are aborted and a new
+batch of the same prompts is prefilled: the wall time of that step (it runs eagerly, without a CUDA graph)
+against the sum of its kernels, and their breakdown.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import argparse
 import json
 import math
 import re
-import statistics
 import time
 
 import torch
@@ -56,13 +58,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=5, help="decode steps under the profiler")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prefill", action="store_true", help="also profile a prefill step of the batch")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     parser.add_argument("--trace", default=None, help="write the profiler's Chrome trace")
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace, device: torch.device) -> LLM:
-    """The LLM with the batch's requests queued. The KV cache holds just them: 7B leaves room for the profiler."""
+def build(args: argparse.Namespace, device: torch.device) -> tuple[LLM, list[list[int]]]:
+    """The LLM with the batch's requests queued, and their prompts. The KV cache holds just them: 7B leaves room
+    for the profiler."""
     dtype = getattr(torch, args.dtype)
     if args.config == "default":
         model, tokenizer = load_model(None, dtype=dtype, device=device)
@@ -86,7 +90,7 @@ def build(args: argparse.Namespace, device: torch.device) -> LLM:
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     for prompt in prompts:
         llm.engine.add_request(prompt, params)
-    return llm
+    return llm, prompts
 
 
 def warm_up(llm: LLM, batch: int) -> None:
@@ -100,18 +104,17 @@ def warm_up(llm: LLM, batch: int) -> None:
     raise RuntimeError("requests never all reached the decode phase")
 
 
-def time_steps(llm: LLM, device: torch.device, steps: int, batch: int) -> list[float]:
-    """Wall milliseconds of each decode step; every request must advance (no finished or prefilling rows)."""
-    times = []
+def time_steps(llm: LLM, device: torch.device, steps: int, batch: int) -> float:
+    """Wall milliseconds per decode step, `steps` of them back to back as generation runs them (with overlap
+    scheduling the host prepares step n+1 while the GPU runs step n); every request must advance."""
+    measure.sync(device)
+    start = time.perf_counter()
     for _ in range(steps):
-        measure.sync(device)
-        start = time.perf_counter()
         outputs = llm.engine.step()
-        measure.sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
         if len(outputs) != batch or any(o.finished for o in outputs):
             print(f"warning: a timed step advanced {len(outputs)} of {batch} requests or finished one")
-    return times
+    measure.sync(device)
+    return (time.perf_counter() - start) * 1e3 / steps
 
 
 def replay_ms(llm: LLM, batch: int, steps: int) -> float | None:
@@ -129,12 +132,11 @@ def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):
     runner, gpu = llm.engine.runner, device.type == "cuda"
     saved = runner.use_cuda_graphs
     runner.use_cuda_graphs = False
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
     try:
         for _ in range(EAGER_WARM_STEPS):
             llm.engine.step()
         measure.sync(device)
-        with torch.profiler.profile(activities=activities) as prof:
+        with _profiler(gpu) as prof:
             for _ in range(steps):
                 llm.engine.step()
             measure.sync(device)
@@ -143,6 +145,62 @@ def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):
     if trace:
         prof.export_chrome_trace(trace)
     return prof
+
+
+def _profiler(gpu: bool) -> torch.profiler.profile:
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
+    return torch.profiler.profile(activities=activities)
+
+
+def prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
+    """Abort the running requests, then time the step that prefills `prompts` (the second of two such steps:
+    the first tunes its shapes) and profile a third: wall milliseconds, its kernels, and the host's busiest
+    ops by self CPU time (a prefill runs eagerly, so its host time is on the critical path)."""
+    engine = llm.engine
+    for request_id in list(engine._requests):
+        engine.abort(request_id)
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+    def step(prof=None) -> float:
+        for prompt in prompts:
+            engine.add_request(prompt, params)
+        measure.sync(device)
+        start = time.perf_counter()
+        engine.step()
+        measure.sync(device)
+        wall_ms = (time.perf_counter() - start) * 1e3
+        if prof is not None:
+            prof.stop()
+        while engine.has_unfinished():
+            engine.step()
+        return wall_ms
+
+    step()
+    wall_ms = step()
+    prof = _profiler(device.type == "cuda")
+    prof.start()
+    step(prof)
+    rows, source = kernel_rows(prof, 1)
+    kernels_ms = sum(r["us"] for r in rows) / 1e3
+    shape = f"{len(prompts)} x {len(prompts[0])}"
+    print(f"\nprefill step of {shape} tokens: wall {wall_ms:.2f} ms, kernels {kernels_ms:.2f} ms")
+    categories = categorize(rows)
+    print_tables(rows, categories, source, "prefill step")
+    host_ops = host_rows(prof)
+    print(f"\n{'host op (self CPU time, profiled step)':<62}{'calls':>11}{'us':>11}")
+    for row in host_ops[:TOP_ROWS]:
+        print(f"{row['name'][:60]:<62}{row['calls']:>11.0f}{row['us']:>11.1f}")
+    return {"wall_ms": wall_ms, "kernels_ms": kernels_ms, "kernels": rows, "categories": categories, "host": host_ops}
+
+
+def host_rows(prof) -> list[dict]:
+    """[{name, calls, us}] of the host's ops by self CPU time, largest first."""
+    rows = [
+        {"name": e.key, "calls": e.count, "us": float(e.self_cpu_time_total)}
+        for e in prof.key_averages()
+        if e.self_cpu_time_total > 0
+    ]
+    return sorted(rows, key=lambda r: -r["us"])
 
 
 def _device_us(event) -> float:
@@ -175,9 +233,9 @@ def categorize(rows: list[dict]) -> list[dict]:
     return list(totals.values())
 
 
-def print_tables(rows: list[dict], categories: list[dict], source: str) -> None:
+def print_tables(rows: list[dict], categories: list[dict], source: str, what: str = "decode step") -> None:
     total = sum(r["us"] for r in rows) or 1.0
-    print(f"\nper decode step, {source}, CUDA graphs off:")
+    print(f"\nper {what}, {source}, CUDA graphs off:")
     print(f"{'kernel':<62}{'calls/step':>11}{'us/step':>11}{'%':>7}")
     for row in rows[:TOP_ROWS]:
         name = row["name"].removeprefix("void ").replace("at::native::", "")  # room for the telling part
@@ -191,16 +249,15 @@ def print_tables(rows: list[dict], categories: list[dict], source: str) -> None:
 
 
 def host_overhead(llm: LLM, args: argparse.Namespace, device: torch.device) -> dict:
-    walls = time_steps(llm, device, args.steps, args.batch)
+    wall_ms = time_steps(llm, device, args.steps, args.batch)
     gpu_ms = None
     if device.type == "cuda":
         try:
             gpu_ms = replay_ms(llm, args.batch, args.steps)
         except RuntimeError as error:  # one run on the GPU: keep the wall figure and the kernel table
             print(f"warning: graph replay timing failed: {error}")
-    wall_ms = statistics.median(walls)
     host = {"wall_ms": wall_ms, "gpu_ms": gpu_ms, "host_gap_ms": None, "tokens_per_s": args.batch / wall_ms * 1e3}
-    print(f"\ndecode step wall: {wall_ms:.3f} ms/step (median of {args.steps}), {host['tokens_per_s']:.1f} tokens/s")
+    print(f"\ndecode step wall: {wall_ms:.3f} ms/step ({args.steps} back to back), {host['tokens_per_s']:.1f} tokens/s")
     if gpu_ms is None:
         print("graph replay: none (CUDA graphs are CUDA-only, and need triton): no GPU/host split")
     else:
@@ -228,11 +285,12 @@ def main(argv: list[str] | None = None) -> dict:
         device = torch.device("cuda", torch.cuda.current_device())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}; {args.config}, {args.dtype}, batch {args.batch}, context {args.context}")
-    llm = build(args, device)
+    llm, prompts = build(args, device)
     try:
         warm_up(llm, args.batch)
         host = host_overhead(llm, args, device)
         rows, categories, source = breakdown(llm, args, device)
+        prefill_step = prefill(llm, prompts, device) if args.prefill else None
     finally:
         llm.close()
     if host["gpu_ms"] is not None and rows:  # the eager sum also holds input copies and sampling, outside the graph
@@ -246,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         "kernel_source": source,
         "kernels": rows,
         "categories": categories,
+        "prefill": prefill_step,
     }
     if args.out:
         with open(args.out, "w") as f:

@@ -19,7 +19,7 @@ def _load_script():
 @pytest.mark.slow
 def test_decode_profile_on_cpu_reports_wall_time_and_op_categories(tmp_path, capsys):
     out = tmp_path / "profile.json"
-    argv = "--config default --dtype float32 --device cpu --batch 2 --context 16 --steps 3 --profile-steps 2"
+    argv = "--config default --dtype float32 --device cpu --batch 2 --context 16 --steps 3 --profile-steps 2 --prefill"
     _load_script().main([*argv.split(), "--out", str(out)])
 
     result = json.loads(out.read_text())
@@ -30,8 +30,12 @@ def test_decode_profile_on_cpu_reports_wall_time_and_op_categories(tmp_path, cap
     assert list(categories)[0] == "GEMM" and "other" in categories
     assert sum(categories.values()) > 0 and categories["GEMM"] > 0
     assert result["kernels"] and all(row["calls"] > 0 and row["us"] > 0 for row in result["kernels"])
+    prefill = result["prefill"]
+    assert prefill["wall_ms"] > 0 and prefill["kernels"] and prefill["categories"][0]["us"] > 0  # GEMM
+    assert prefill["host"] and all(row["us"] > 0 for row in prefill["host"])
     printed = capsys.readouterr().out
     assert "calls/step" in printed and "us/step" in printed and "decode step wall" in printed
+    assert "prefill step of 2 x 16 tokens" in printed
 
 
 def test_kernel_rows_keep_device_kernels_and_categorize_them():
