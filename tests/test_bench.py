@@ -47,14 +47,15 @@ def test_bench_rejects_an_unknown_peer_before_building_the_model(capsys):
 @pytest.mark.slow
 def test_bench_measures_each_weight_format_and_prints_them_side_by_side(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--quantization", "none,int4_rtn", "--compare", "none", "--batch-sizes", "1"]
+    argv = ["bench", "--quantization", "none,int4_rtn", "--kv-cache", "fp8", "--compare", "none", "--batch-sizes", "1"]
     argv += ["--input-len", "8", "--output-len", "4", "--max-batch-size", "1", "--max-num-tokens", "64"]
     assert main([*argv, "--out", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
-    assert [(r["system"], r["batch_size"]) for r in results] == [("trtllm", 1), ("trtllm int4_rtn", 1)]
+    assert [(r["system"], r["batch_size"]) for r in results] == [("trtllm", 1), ("trtllm int4_rtn kv=fp8", 1)]
     printed = capsys.readouterr().out
     summary = printed[printed.index("tokens/s by weight format") :].splitlines()
     assert summary[1].split() == ["batch", "none", "int4_rtn", "int4_rtn", "x", "none"]
+    assert json.loads(out.read_text())["args"]["kv_cache"] == "fp8"
     assert summary[2].split()[0] == "1" and summary[2].endswith("x")
 
 

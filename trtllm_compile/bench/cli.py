@@ -15,7 +15,7 @@ from torch import nn
 from trtllm_compile.bench.measure import Measurement, measure_engine, measure_hf
 from trtllm_compile.bench.shapes import SHAPES, random_model
 from trtllm_compile.config import CompileConfig
-from trtllm_compile.quantization.config import FORMATS
+from trtllm_compile.quantization.config import FORMATS, KV_CACHE_FORMATS
 
 if TYPE_CHECKING:
     from trtllm_compile.quantization.calibration import Calibration
@@ -42,6 +42,12 @@ def add_parser(commands, add_model_args) -> None:
     parser.add_argument("--max-num-tokens", type=int, default=8192)
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks for trtllm (one GPU each; CPU: gloo)")
     parser.add_argument("--quantization", default="none", help=f"trtllm weight formats: {','.join(WEIGHT_FORMATS)}")
+    parser.add_argument(
+        "--kv-cache",
+        choices=KV_CACHE_FORMATS,
+        help="also store the KV cache of the quantized formats in this format (calibrated scales); 'none' keeps "
+        "the model dtype",
+    )
     parser.add_argument("--out", help="write the measurements as JSON here")
     parser.add_argument("--plot", help="write a tokens/s plot (PNG) here; needs matplotlib")
     parser.set_defaults(handler=run_bench)
@@ -75,13 +81,13 @@ def _formats(names: str, tp: int) -> list[str]:
     return formats
 
 
-def _system(fmt: str, tp: int) -> str:
+def _system(fmt: str, tp: int, kv_cache: str | None = None) -> str:
     if fmt != "none":
-        return f"trtllm {fmt}"
+        return f"trtllm {fmt}" + (f" kv={kv_cache}" if kv_cache else "")
     return "trtllm" if tp == 1 else f"trtllm tp={tp}"
 
 
-def _calibration(model: nn.Module, formats: list[str]) -> Calibration | None:
+def _calibration(model: nn.Module, formats: list[str], kv_cache: str | None) -> Calibration | None:
     """One calibration of the unquantized model, shared by every format; random tokens, as for the prompts."""
     if formats == ["none"]:
         return None
@@ -91,7 +97,7 @@ def _calibration(model: nn.Module, formats: list[str]) -> Calibration | None:
     windows = torch.randint(1, model.config.vocab_size, (CALIB_WINDOWS, CALIB_WINDOW), generator=generator)
     samples = CALIB_SAMPLES if "int4_awq" in formats else 0  # only AWQ's scale search reads token samples
     logger.info("calibrating on %d windows of %d random tokens, %d AWQ samples", *windows.shape, samples)
-    return calibrate(model, windows=windows, samples=samples, kv_cache=False, progress=False)
+    return calibrate(model, windows=windows, samples=samples, kv_cache=kv_cache is not None, progress=False)
 
 
 def _measure_format(
@@ -106,8 +112,9 @@ def _measure_format(
 
     compile_config = CompileConfig()
     if fmt != "none":
-        compile_config = CompileConfig(quantization=QuantConfig.from_name(fmt).with_calibration(calibration))
-    system, vocab = _system(fmt, args.tp), model.config.vocab_size
+        quant = QuantConfig.from_name(fmt, kv_cache=args.kv_cache).with_calibration(calibration)
+        compile_config = CompileConfig(quantization=quant)
+    system, vocab = _system(fmt, args.tp, args.kv_cache), model.config.vocab_size
     seq_len = args.input_len + args.output_len
     engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
     results = []
@@ -170,14 +177,14 @@ def run_bench(args: argparse.Namespace) -> int:
             results.append(_logged(_peer(peer, model, prompts, args.output_len)))
             _free_device_memory()
 
-    calibration = _calibration(model, formats)
+    calibration = _calibration(model, formats, args.kv_cache)
     for fmt in formats:  # one engine at a time: each sizes its KV cache from the free memory
         results += _measure_format(model, tokenizer, fmt, calibration, sizes, args)
         _free_device_memory()
 
     _print_table(results, args)
     if len(formats) > 1:
-        _print_side_by_side(results, {fmt: _system(fmt, args.tp) for fmt in formats})
+        _print_side_by_side(results, {fmt: _system(fmt, args.tp, args.kv_cache) for fmt in formats})
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
