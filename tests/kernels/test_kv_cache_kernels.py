@@ -1,5 +1,5 @@
 """The one-launch KV-cache write against the op's index_copy reference: exact, for strided K/V views, GQA head
-counts, FP8 bytes, and slots anywhere in the pool (the spare block included)."""
+counts, FP8 bytes copied or quantized on the way, and slots anywhere in the pool (the spare block included)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_write_kv_cache_interpreted(interpreted, dtype, num_tokens, kv_heads, he
 def test_write_kv_cache_rejects_values_not_in_the_cache_dtype(interpreted):
     kernels = interpreted("kv_cache")
     cache, k, v, slots = _case(3, 2, 16, torch.bfloat16, "cpu")
-    with pytest.raises(ValueError, match="cache's dtype"):
+    with pytest.raises(ValueError, match="k_scale and v_scale"):
         kernels.write_kv_cache(cache, 0, k.float(), v, slots)
 
 
@@ -53,3 +53,32 @@ def test_write_kv_cache_gpu(dtype, num_tokens, kv_heads, head_dim):
     from trtllm_compile.kernels import kv_cache
 
     _check(kv_cache, num_tokens, kv_heads, head_dim, dtype, "cuda")
+
+
+def _check_quantized(kernels, k_scale, v_scale, device, representable: bool):
+    """bf16 K/V into an FP8 cache with calibrated scales. `representable`: K/V are E4M3 values times a power-of-two
+    scale, so every quantized value is exact (Triton's interpreter rounds fp32 -> E4M3 casts with an exponent
+    carry wrongly; the GPU test takes any values)."""
+    cache, k, v, slots = _case(6, 2, 16, torch.bfloat16, device)
+    cache = cache.to(torch.float8_e4m3fn)
+    if representable:
+        k = (k.float().to(torch.float8_e4m3fn).float() * k_scale).to(torch.bfloat16)
+        v = (v.float().to(torch.float8_e4m3fn).float() * v_scale).to(torch.bfloat16)
+    scales = [torch.tensor(s, device=device) for s in (k_scale, v_scale)]
+    expected = cache.cpu().clone()
+    reference_write(expected, 0, k.cpu(), v.cpu(), slots.cpu(), *(s.cpu() for s in scales))
+    kernels.write_kv_cache(cache, 0, k, v, slots, *scales)
+    assert torch.equal(cache.cpu().view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_write_kv_cache_quantizes_into_an_fp8_cache_interpreted(interpreted):
+    _check_quantized(interpreted("kv_cache"), 0.5, 0.125, "cpu", representable=True)
+
+
+@pytest.mark.gpu
+def test_write_kv_cache_quantizes_into_an_fp8_cache_gpu():
+    from trtllm_compile.kernels import kv_cache
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("E4M3 conversions need compute capability 8.9 or newer")
+    _check_quantized(kv_cache, 0.0123, 0.0371, "cuda", representable=False)

@@ -52,12 +52,14 @@ def _fp8_kv_engine(model, qconfig, monkeypatch=None) -> LLM:
     return llm
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_fp8_kv_cache_stores_fp8_and_generates_as_the_simulated_cache(monkeypatch, dtype):
+def test_fp8_kv_cache_stores_fp8_and_generates_as_the_simulated_cache(monkeypatch, dtype, device):
     """QuantConfig(kv_cache="fp8") on an unquantized model: the engine's cache is float8_e4m3fn, 1 byte per value
     where the simulated cache (fp8_qdq before a cache in the model dtype) takes 4 (fp32) or 2 (fp16), and the
-    greedy tokens are the simulated engine's (the op test shows both compute bit-identical attention)."""
-    model = TINY_MODELS["llama"].build(dtype=dtype)
+    greedy tokens are the simulated engine's (the op test shows both compute bit-identical attention). On a GPU
+    the real cache is written by the quantizing KV-write kernel and read by the FP8 decode kernel."""
+    model = TINY_MODELS["llama"].build(dtype=dtype).to(device)
     model.generation_config.eos_token_id = None
     windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
     calibration = calibrate(model, windows=windows, samples=0, kv_cache=True, progress=False)
@@ -77,7 +79,9 @@ def test_fp8_kv_cache_stores_fp8_and_generates_as_the_simulated_cache(monkeypatc
         hf = quantize(copy.deepcopy(model), None, calibration=calibration, kv_cache="fp8")
         with torch.no_grad():
             expected = [
-                hf.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False, pad_token_id=0)[0, len(p) :].tolist()
+                hf.generate(torch.tensor([p], device=device), max_new_tokens=8, do_sample=False, pad_token_id=0)[
+                    0, len(p) :
+                ].tolist()
                 for p in PROMPTS
             ]
         assert tokens[0] == expected

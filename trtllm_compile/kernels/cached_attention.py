@@ -5,8 +5,9 @@ Contract with the runner (model_runner.py): decode rows come first, and a prefil
 so its keys are exactly its own tokens. No host synchronization happens here (sequence boundaries come from
 the host copy of `query_start_loc`), which keeps decode steps capturable in CUDA graphs.
 
-With an FP8 cache (`k_scale` / `v_scale`), K/V are quantized once: those bytes are written to the cache, and
-prefills attend to their dequantized values, which is what the decode kernel later reads back.
+With an FP8 cache (`k_scale` / `v_scale`), K/V are quantized as they are written, and prefills attend to the
+quantize-dequantized values (computed only when the step has prefills), which is what the decode kernel later
+reads back.
 """
 
 from __future__ import annotations
@@ -37,15 +38,13 @@ def paged_attention(
     v_scale: Tensor | None = None,
 ) -> Tensor:
     check_kv_scales(kv_cache, k_scale, v_scale)
-    if k_scale is not None:
-        k_stored, v_stored = store_kv(k, k_scale, FP8_KV_DTYPE), store_kv(v, v_scale, FP8_KV_DTYPE)
-        write_kv_cache(kv_cache, layer, k_stored, v_stored, slot_mapping)
-        k, v = load_kv(k_stored, k_scale, k.dtype), load_kv(v_stored, v_scale, v.dtype)  # = fp8_qdq(k), (v)
-    else:
-        write_kv_cache(kv_cache, layer, k, v, slot_mapping)
+    write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale)  # quantized to FP8 with scales
     starts = host_query_start_loc.tolist()
     lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
+    if k_scale is not None and num_decodes < len(lengths):  # prefills attend to what the cache holds: fp8_qdq
+        k = load_kv(store_kv(k, k_scale, FP8_KV_DTYPE), k_scale, k.dtype)
+        v = load_kv(store_kv(v, v_scale, FP8_KV_DTYPE), v_scale, v.dtype)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)  # the decode kernel writes [N, H, D] views
     if num_decodes:  # [N, H, D] views: the kernel reads q and writes out through their strides
         paged_decode_attention(

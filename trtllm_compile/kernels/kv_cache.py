@@ -1,8 +1,9 @@
 """Writing a step's keys and values into the paged KV cache: one launch for K and V of every token.
 
 Token t's K and V rows ([Hkv, D], any strides with a contiguous head dim) go to slot `slot_mapping[t]` of the
-layer's caches (slot = block * block_size + offset). Elements are copied as they are: an FP8 cache gets bytes
-its caller quantized already (float8 tensors are copied as uint8, which every Triton target can load).
+layer's caches (slot = block * block_size + offset). Rows already in the cache's dtype are copied (float8 ones
+as uint8, which every Triton target can load); with `k_scale` / `v_scale` an FP8 cache gets them quantized as
+`ops.quant.fp8_quantize` does (times the correctly rounded 1 / scale, saturated to +-448, rounded to E4M3).
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from trtllm_compile.kernels import is_interpreted
 
 
 @triton.jit
+def _fp8(x, scale_ptr):
+    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))
+    return tl.minimum(tl.maximum(x.to(tl.float32) * inv_scale, -448.0), 448.0).to(tl.float8e4nv)
+
+
+@triton.jit
 def _write_kv_kernel(
-    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_scale_ptr, v_scale_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_slot, stride_head,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    QUANTIZE: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -28,6 +36,8 @@ def _write_kv_kernel(
     mask = (heads < NUM_HEADS) & (dims < HEAD_DIM)
     k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
     v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
+    if QUANTIZE:
+        k, v = _fp8(k, k_scale_ptr), _fp8(v, v_scale_ptr)
     where = slot * stride_slot + heads * stride_head + dims
     tl.store(k_cache_ptr + where, k, mask=mask)
     tl.store(v_cache_ptr + where, v, mask=mask)
@@ -40,12 +50,25 @@ def _as_copyable(t: Tensor) -> Tensor:
     return t.view(torch.uint8) if t.dtype.itemsize == 1 else t
 
 
-def write_kv_cache(kv_cache: Tensor, layer: int, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
-    """kv_cache: [layers, 2, num_blocks, block_size, Hkv, D]; k/v: [1, Hkv, T, D] in the cache's dtype;
-    slot_mapping: [T] int (what `ops.paged_attention.write_kv_cache` does with index_copy, in one launch)."""
+def write_kv_cache(
+    kv_cache: Tensor,
+    layer: int,
+    k: Tensor,
+    v: Tensor,
+    slot_mapping: Tensor,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+) -> None:
+    """kv_cache: [layers, 2, num_blocks, block_size, Hkv, D]; k/v: [1, Hkv, T, D]; slot_mapping: [T] int;
+    k_scale / v_scale ([] float32): quantize into a float8_e4m3fn cache. What `ops.paged_attention.write_kv_cache`
+    does with a quantize and two index_copy launches, in one."""
     _, _, num_blocks, block_size, num_heads, head_dim = kv_cache.shape
-    if k.dtype != kv_cache.dtype or v.dtype != kv_cache.dtype:
-        raise ValueError(f"k {k.dtype} / v {v.dtype} must already be in the cache's dtype {kv_cache.dtype}")
+    quantize = k_scale is not None and v_scale is not None and kv_cache.dtype == torch.float8_e4m3fn
+    if not quantize and (k.dtype != kv_cache.dtype or v.dtype != kv_cache.dtype):
+        raise ValueError(
+            f"k {k.dtype} / v {v.dtype} must be in the cache's dtype {kv_cache.dtype}, or come with k_scale and "
+            "v_scale for a float8_e4m3fn cache"
+        )
     k_rows, v_rows = k[0].transpose(0, 1), v[0].transpose(0, 1)  # [T, Hkv, D] views
     if k_rows.shape != v_rows.shape or k_rows.shape[1:] != (num_heads, head_dim):
         raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not fit a cache of {num_heads} x {head_dim}")
@@ -55,11 +78,17 @@ def write_kv_cache(kv_cache: Tensor, layer: int, k: Tensor, v: Tensor, slot_mapp
     if num_tokens == 0:
         return
     caches = kv_cache[layer].view(2, num_blocks * block_size, num_heads, head_dim)
-    k_cache, v_cache = _as_copyable(caches[0]), _as_copyable(caches[1])
+    if quantize:
+        k_cache, v_cache = caches[0], caches[1]
+        k_scale, v_scale = k_scale.float().reshape(()), v_scale.float().reshape(())
+    else:  # copies: the scale pointers are not read
+        k_cache, v_cache = _as_copyable(caches[0]), _as_copyable(caches[1])
+        k_rows, v_rows = _as_copyable(k_rows), _as_copyable(v_rows)
+        k_scale = v_scale = slot_mapping
     _write_kv_kernel[(num_tokens,)](
-        _as_copyable(k_rows), _as_copyable(v_rows), k_cache, v_cache, slot_mapping,
+        k_rows, v_rows, k_cache, v_cache, slot_mapping, k_scale, v_scale,
         k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1), k_cache.stride(0), k_cache.stride(1),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        num_warps=4,
+        QUANTIZE=quantize, num_warps=4,
     )  # fmt: skip
