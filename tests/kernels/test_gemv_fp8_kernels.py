@@ -1,11 +1,12 @@
 """The FP8 GEMV (kernels/gemv.py `fp8_gemv`) against `ops.quant.fp8_linear_reference`, and `trtllm::fp8_linear`
 taking it for decode rows on CUDA.
 
-Both quantize x the same way (x times 1 / scale, saturated to +-448, rounded to E4M3) and multiply the same FP8 values
-in fp32, so they differ by the fp32 summation order only: one ulp of the output dtype, the "elementwise"
-tolerance of conftest.py. On CPU, Triton's interpreter mis-rounds fp32 -> E4M3 casts whose mantissa carries
-into the exponent (125.7 becomes 64), so the interpreter tests feed x values that are FP8 codes times the scale
-(exact in any rounding) plus a saturating one; the GPU tests use random x.
+Both quantize x the same way (x times 1 / scale, saturated to +-448, rounded to E4M3) and multiply the same FP8
+values in fp32 (the dot path on FP8 tensor cores), so they differ by the fp32 summation order only: one ulp of
+the output dtype, the "elementwise" tolerance of conftest.py. On CPU, Triton's interpreter mis-rounds
+fp32 -> E4M3 casts whose mantissa carries into the exponent (125.7 becomes 64), so the interpreter tests feed x
+values that are FP8 codes times the scale (exact in any rounding) plus a saturating one; the GPU tests use
+random x.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def _operands(m: int, n: int, k: int, per_channel: bool, device: str, exact_x: b
 
 # ---------------------------------------------------------------- CPU: Triton's interpreter, tiny shapes
 
-SMALL_PLANS = {  # every fma variant: plain, register prefetch, split-K with prefetch
+SMALL_PLANS = {  # every fma variant (plain, register prefetch, split-K with prefetch), and the FP8 tensor-core path
     "fma": dict(path="fma", block_n=4, block_k=64, num_warps=1),
     "fma_prefetch": dict(path="fma", block_n=4, block_k=64, num_warps=1, num_stages=2),
     "fma_split3_prefetch": dict(path="fma", block_n=8, block_k=32, split_k=3, num_stages=2),
+    "dot": dict(path="dot", block_n=16, block_k=32),
+    "dot_split3": dict(path="dot", block_n=16, block_k=32, split_k=3),
 }
 
 
@@ -68,8 +71,8 @@ def test_fp8_gemv_takes_static_scales_and_few_rows_only(interpreted):
     assert not gemv.supports_fp8(x[:1], w, w_scale, None, None)  # dynamic per-token scales
     assert not gemv.supports_fp8(x[:1], w, w_scale[:3], x_scale, None)  # neither per tensor nor per channel
     assert not gemv.supports_fp8(x[:1], w.float(), w_scale, x_scale, None)
-    with pytest.raises(ValueError, match="fma path only"):
-        gemv.fp8_gemv(x[:1], w, w_scale, x_scale, plan=gemv.Plan("dot", 16, 32))
+    with pytest.raises(ValueError, match="fma or dot path"):
+        gemv.fp8_gemv(x[:1], w, w_scale, x_scale, plan=gemv.CUBLAS)
 
 
 # ---------------------------------------------------------------- GPU: Llama-2-7B shapes

@@ -9,9 +9,11 @@ walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32. Two inner produ
 - `dot` (any M): tensor cores on the swapped product W_tile @ x_tile^T ([BLOCK_N, BLOCK_K] x [BLOCK_K, 16]),
   x's rows padded to 16, with Triton's software pipelining of the W tiles through shared memory.
 
-FP8 E4M3 weights with a static activation scale (`fp8_gemv`, the decode path of `trtllm::fp8_linear`) take
-the fma path: x is quantized as it is loaded and the sums are scaled by x_scale * w_scale, so one kernel does
-what would otherwise be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows.
+FP8 E4M3 weights with a static activation scale (`fp8_gemv`, the decode path of `trtllm::fp8_linear`): x is
+quantized as it is loaded and the sums are scaled by x_scale * w_scale, so one kernel does what would otherwise
+be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows. On the fma path every weight is converted to fp32
+on CUDA cores (conversion throughput, not bandwidth, bounds it: 2.2 TB/s on an H100); on the dot path the FP8
+tensor cores take the E4M3 tiles as they are.
 
 With split-K the programs write fp32 partials and a second kernel sums them (in a fixed order, so results are
 deterministic), adds the bias and casts. A plan (path, tile, split, warps, stages) is timed per
@@ -40,6 +42,9 @@ from trtllm_compile.kernels import is_interpreted, rows_view
 logger = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # above this a GEMM has enough rows to be compute-bound: cuBLAS runs it
+# Hopper's FP8 MMA accumulates in fewer bits than fp32; the dot path adds its sums into fp32 every this many
+# products (as cuBLASLt does unless fast accumulation is on)
+FP8_PROMOTE_EVERY: tl.constexpr = tl.constexpr(128)
 _L2_SWEEP_BYTES = 256 << 20  # larger than any GPU's L2: read before each timed run of a plan
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -193,9 +198,12 @@ def _gemv_fma_kernel(
 @triton.jit
 def _gemv_dot_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
+    x_scale_ptr, w_scale_ptr, stride_w_scale,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
 ):  # fmt: skip
+    # With FP8_X (an FP8 E4M3 W, a static per-tensor x scale) x^T tiles are quantized to E4M3 as they are loaded,
+    # the FP8 tensor cores multiply them with the W tiles, and the sums are scaled by x_scale * w_scale[n].
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -207,6 +215,9 @@ def _gemv_dot_kernel(
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo + offs_k)[None, :]  # [BLOCK_N, BLOCK_K]
     x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (k_lo + offs_k)[:, None]  # x^T: [BLOCK_K, BLOCK_M]
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    x_inv_scale = 1.0
+    if FP8_X:
+        x_inv_scale = tl.math.div_rn(1.0, tl.load(x_scale_ptr))  # correctly rounded, as torch's reciprocal
     for k in range(k_lo, k_hi, BLOCK_K):
         if EVEN_K:
             w = tl.load(w_ptrs, eviction_policy="evict_first")
@@ -215,12 +226,18 @@ def _gemv_dot_kernel(
             k_ok = (k + offs_k) < K
             w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
             x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
+        if FP8_X:
+            x = tl.minimum(tl.maximum(x.to(tl.float32) * x_inv_scale, -448.0), 448.0).to(tl.float8e4nv)
         if UPCAST:  # Triton's interpreter multiplies bf16 dot operands as raw bits; fp32 products are exact
             acc = tl.dot(w.to(tl.float32), x.to(tl.float32), acc)
+        elif FP8_X:
+            acc = tl.dot(w, x, acc, max_num_imprecise_acc=FP8_PROMOTE_EVERY)
         else:
             acc = tl.dot(w, x, acc)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
+    if FP8_X:  # scaling is linear, so split-K partials are scaled before they are summed
+        acc = acc * tl.load(x_scale_ptr) * tl.load(w_scale_ptr + rows_w * stride_w_scale)[:, None]
     _write(tl.trans(acc), offs_m, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
 
 
@@ -310,8 +327,15 @@ CANDIDATES: dict[int, list[Plan]] = {
     16: [*_DOT_PLANS, CUBLAS],
 }
 
-# FP8 weights (static x scale): the fma path only, up to 4 rows. One byte a weight, so tiles twice as long in K
-# as the half-precision ones keep each thread's loads 16 bytes wide.
+# FP8 weights (static x scale), up to 4 rows. One byte a weight, so tiles twice as long in K as the
+# half-precision ones keep each thread's loads 16 bytes wide.
+_FP8_DOT_PLANS = [  # the fastest of a wider set on an H100 at the Llama-2-7B shapes (they won qkv, gate_up, down)
+    _dot(256, 256, num_warps=8, num_stages=3),
+    _dot(256, 128, num_warps=8, num_stages=5),
+    _dot(128, 256, num_stages=4),
+    _dot(64, 512, num_stages=4),
+    _dot(64, 256, split_k=4),
+]
 FP8_CANDIDATES: dict[int, list[Plan]] = {
     1: [
         _fma(2, 2048, num_stages=2),
@@ -322,9 +346,10 @@ FP8_CANDIDATES: dict[int, list[Plan]] = {
         _fma(4, 4096, num_warps=8, num_stages=2),
         _fma(8, 2048),
         _fma(4, 2048, split_k=2, num_stages=2),
+        *_FP8_DOT_PLANS,
     ],
-    2: [_fma(4, 2048), _fma(2, 2048, num_stages=2), _fma(4, 1024, num_stages=2), _fma(2, 1024, num_stages=2)],
-    4: [_fma(2, 2048, num_stages=2), _fma(2, 1024, num_stages=2), _fma(4, 1024)],
+    2: [_fma(4, 2048), _fma(2, 2048, num_stages=2), _fma(4, 1024, num_stages=2), *_FP8_DOT_PLANS],
+    4: [_fma(2, 2048, num_stages=2), _fma(2, 1024, num_stages=2), _fma(4, 1024), *_FP8_DOT_PLANS],
 }
 FP8_MAX_ROWS = max(FP8_CANDIDATES)
 
@@ -386,8 +411,8 @@ def _launch(
     x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, plan: Plan, fp8: Fp8Scales | None = None
 ) -> None:
     (m, k), n = x2.shape, weight.shape[0]
-    if fp8 is not None and plan.path != "fma":
-        raise ValueError(f"FP8 weights take the fma path only, not {plan} (see FP8_CANDIDATES)")
+    if fp8 is not None and plan.path == "cublas":
+        raise ValueError(f"FP8 weights take the fma or dot path, not {plan} (see FP8_CANDIDATES)")
     if plan.path == "cublas":
         if bias is None:
             torch.mm(x2, weight.t(), out=y2)
@@ -405,11 +430,11 @@ def _launch(
         meta = dict(UPCAST=INTERPRETED, BLOCK_M=16, num_stages=plan.num_stages)
     else:
         # No tl.dot, so Triton does not pipeline these loads: stages > 1 means register double-buffering.
-        meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), num_stages=1, FP8_X=fp8 is not None)
-        meta.update(x_scale_ptr=y2, w_scale_ptr=y2, stride_w_scale=0)  # unread without FP8_X
-        if fp8 is not None:
-            w_scale_stride = fp8.w_scale.stride(0) if fp8.w_scale.numel() > 1 else 0
-            meta.update(x_scale_ptr=fp8.x_scale, w_scale_ptr=fp8.w_scale, stride_w_scale=w_scale_stride)
+        meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), num_stages=1)
+    meta.update(FP8_X=fp8 is not None, x_scale_ptr=y2, w_scale_ptr=y2, stride_w_scale=0)  # unread without FP8_X
+    if fp8 is not None:
+        w_scale_stride = fp8.w_scale.stride(0) if fp8.w_scale.numel() > 1 else 0
+        meta.update(x_scale_ptr=fp8.x_scale, w_scale_ptr=fp8.w_scale, stride_w_scale=w_scale_stride)
     _KERNELS[plan.path][(triton.cdiv(n, plan.block_n), splits)](
         x2, weight, b, y2, ws, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
