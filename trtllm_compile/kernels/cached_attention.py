@@ -1,5 +1,6 @@
 """CUDA implementation of `trtllm.paged_attention`: write the step's K/V into the paged cache, run the Triton
-decode kernel over the single-token rows, and SDPA (flash) over each prefill's own tokens.
+decode kernel over the single-token rows, and flash attention over each prefill's own tokens (one varlen call
+for all prefills of the step; SDPA per sequence for fp32 or soft-capped models).
 
 Contract with the runner (model_runner.py): decode rows come first, and a prefill row starts at position 0,
 so its keys are exactly its own tokens. No host synchronization happens here (sequence boundaries come from
@@ -19,6 +20,11 @@ from trtllm_compile.kernels.kv_cache import write_kv_cache
 from trtllm_compile.kernels.paged_attention import paged_decode_attention
 from trtllm_compile.ops.attention import attend
 from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, check_kv_scales, load_kv, store_kv
+
+try:  # flash attention over variable-length sequences (torch >= 2.9, CUDA)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
 
 def paged_attention(
@@ -60,12 +66,32 @@ def paged_attention(
             k_scale=k_scale,
             v_scale=v_scale,
         )
-    for start, end in zip(starts[num_decodes:-1], starts[num_decodes + 1 :], strict=True):
-        rows = slice(start, end)
-        out[:, :, rows] = attend(
-            q[:, :, rows], k[:, :, rows], v[:, :, rows], None, scale, True, sliding_window, softcap
-        )
+    if num_decodes < len(lengths):
+        _prefill_attention(q, k, v, out, starts[num_decodes:], scale, sliding_window, softcap)
     return out
+
+
+def _prefill_attention(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, starts: list[int], scale: float, sliding_window: int, softcap: float
+) -> None:
+    """Causal attention of each prefill (tokens starts[i]:starts[i+1] of q/k/v [1, H, T, D]) over its own tokens,
+    into `out`: one flash-attention varlen call for all of them where it applies (half precision, no soft-cap),
+    else SDPA per sequence."""
+    first, last = starts[0], starts[-1]
+    if varlen_attn is None or q.dtype not in (torch.float16, torch.bfloat16) or softcap > 0:
+        for start, end in zip(starts[:-1], starts[1:], strict=True):
+            tokens = slice(start, end)
+            q_rows, k_rows, v_rows = q[:, :, tokens], k[:, :, tokens], v[:, :, tokens]
+            out[:, :, tokens] = attend(q_rows, k_rows, v_rows, None, scale, True, sliding_window, softcap)
+        return
+    q_rows, k_rows, v_rows = (x[0, :, first:last].transpose(0, 1).contiguous() for x in (q, k, v))  # [T, H, D]
+    cu_seqlens = torch.tensor([s - first for s in starts], dtype=torch.int32).to(q.device, non_blocking=True)
+    longest = max(end - start for start, end in zip(starts[:-1], starts[1:], strict=True))
+    window = (sliding_window - 1 if sliding_window > 0 else -1, 0)  # (left, right): causal, the last W positions
+    attended = varlen_attn(
+        q_rows, k_rows, v_rows, cu_seqlens, cu_seqlens, longest, longest, scale=scale, window_size=window
+    )
+    out[0, :, first:last] = attended.transpose(0, 1)
 
 
 def _decode_rows(q: Tensor, num_decodes: int) -> Tensor:
