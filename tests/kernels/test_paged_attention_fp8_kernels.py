@@ -12,8 +12,10 @@ from test_paged_attention_kernels import HEADS, _paged_case
 
 from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, load_kv, store_kv
 
-# Clamping is part of the contract: with these scales the K/V tails beyond +-2 (K) / +-2.5 (V) saturate at 448.
-K_SCALE, V_SCALE = torch.tensor(2.0 / 448), torch.tensor(2.5 / 448)
+# Clamping is part of the contract: with these scales the K/V tails beyond +-1.75 (K) / +-3.5 (V) saturate at 448.
+# Powers of two: K/V made of FP8 codes times the scale quantize back to those codes exactly, which the
+# interpreter tests need (Triton's interpreter mis-rounds fp32 -> E4M3 casts that carry into the exponent).
+K_SCALE, V_SCALE = torch.tensor(2.0**-8), torch.tensor(2.0**-7)
 
 
 def _fp8_case(seq_lens, q_heads, kv_heads, head_dim, page, dtype, device):
@@ -57,12 +59,15 @@ def test_paged_decode_fp8_rejects_a_cache_without_scales(interpreted):
         attn.paged_decode_attention(*args, scale)
 
 
-def _step(kv_heads, q_heads, head_dim, lengths, dtype, device, seed):
+def _step(kv_heads, q_heads, head_dim, lengths, dtype, device, seed, scales):
+    """q, and K/V of FP8 codes times their scale (one saturating value each): their E4M3 quantization is exact."""
     gen = torch.Generator().manual_seed(seed)
     tokens = sum(lengths)
     q = torch.randn(1, q_heads, tokens, head_dim, generator=gen).to(device, dtype)
-    k, v = (torch.randn(1, kv_heads, tokens, head_dim, generator=gen).to(device, dtype) for _ in range(2))
-    return q, k, v
+    k, v = (torch.randn(1, kv_heads, tokens, head_dim, generator=gen) for _ in range(2))
+    k, v = (store_kv(x, s, FP8_KV_DTYPE).float() * s for x, s in zip((k, v), scales, strict=True))
+    k[..., 0, 3], v[..., 0, 5] = 3 * 448 * scales[0], -3 * 448 * scales[1]
+    return q, k.to(device, dtype), v.to(device, dtype)
 
 
 def _run_steps(op, kv_cache, steps, tables, scales, device, dtype, window=-1):
@@ -71,7 +76,7 @@ def _run_steps(op, kv_cache, steps, tables, scales, device, dtype, window=-1):
     outputs = []
     for seed, step in enumerate(steps):
         lengths = [n for _, _, n in step]
-        q, k, v = _step(kv_heads, 2 * kv_heads, head_dim, lengths, dtype, device, seed)
+        q, k, v = _step(kv_heads, 2 * kv_heads, head_dim, lengths, dtype, device, seed, scales)
         slots = [
             int(tables[seq, pos // page]) * page + pos % page
             for seq, start, n in step

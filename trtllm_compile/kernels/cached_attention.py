@@ -13,6 +13,8 @@ reads back.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -23,6 +25,9 @@ from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, check_kv_scales, lo
 
 try:  # flash attention over variable-length sequences (torch >= 2.9, CUDA)
     from torch.nn.attention.varlen import varlen_attn
+
+    # GQA: torch 2.11 takes fewer K/V heads as they come; later versions want it said (enable_gqa=True)
+    _GQA = {"enable_gqa": True} if "enable_gqa" in inspect.signature(varlen_attn).parameters else {}
 except ImportError:
     varlen_attn = None
 
@@ -75,10 +80,11 @@ def _prefill_attention(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, starts: list[int], scale: float, sliding_window: int, softcap: float
 ) -> None:
     """Causal attention of each prefill (tokens starts[i]:starts[i+1] of q/k/v [1, H, T, D]) over its own tokens,
-    into `out`: one flash-attention varlen call for all of them where it applies (half precision, no soft-cap),
-    else SDPA per sequence."""
+    into `out`: one flash-attention varlen call for all of them where it applies (a GPU, half precision, no
+    soft-cap), else SDPA per sequence."""
     first, last = starts[0], starts[-1]
-    if varlen_attn is None or q.dtype not in (torch.float16, torch.bfloat16) or softcap > 0:
+    flash = q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and softcap <= 0
+    if varlen_attn is None or not flash:
         for start, end in zip(starts[:-1], starts[1:], strict=True):
             tokens = slice(start, end)
             q_rows, k_rows, v_rows = q[:, :, tokens], k[:, :, tokens], v[:, :, tokens]
@@ -89,7 +95,7 @@ def _prefill_attention(
     longest = max(end - start for start, end in zip(starts[:-1], starts[1:], strict=True))
     window = (sliding_window - 1 if sliding_window > 0 else -1, 0)  # (left, right): causal, the last W positions
     attended = varlen_attn(
-        q_rows, k_rows, v_rows, cu_seqlens, cu_seqlens, longest, longest, scale=scale, window_size=window
+        q_rows, k_rows, v_rows, cu_seqlens, cu_seqlens, longest, longest, scale=scale, window_size=window, **_GQA
     )
     out[0, :, first:last] = attended.transpose(0, 1)
 
