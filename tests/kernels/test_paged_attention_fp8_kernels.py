@@ -65,8 +65,9 @@ def _step(kv_heads, q_heads, head_dim, lengths, dtype, device, seed, scales):
     tokens = sum(lengths)
     q = torch.randn(1, q_heads, tokens, head_dim, generator=gen).to(device, dtype)
     k, v = (torch.randn(1, kv_heads, tokens, head_dim, generator=gen) for _ in range(2))
-    k, v = (store_kv(x, s, FP8_KV_DTYPE).float() * s for x, s in zip((k, v), scales, strict=True))
-    k[..., 0, 3], v[..., 0, 5] = 3 * 448 * scales[0], -3 * 448 * scales[1]
+    k_scale, v_scale = (s.cpu() for s in scales)
+    k, v = (store_kv(x, s, FP8_KV_DTYPE).float() * s for x, s in ((k, k_scale), (v, v_scale)))
+    k[..., 0, 3], v[..., 0, 5] = 3 * 448 * k_scale, -3 * 448 * v_scale
     return q, k.to(device, dtype), v.to(device, dtype)
 
 
