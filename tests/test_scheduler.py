@@ -325,3 +325,26 @@ def test_overlapped_preemption_waits_for_the_victims_token_then_recomputes_it() 
     for r in (a, b):
         assert r.output_token_ids == reference_output(r.prompt_token_ids, r.params.max_tokens)
     assert manager.num_used_blocks == 0
+
+
+def test_a_preempted_request_waits_for_its_tokens_in_flight_before_it_is_recomputed() -> None:
+    """A driver may schedule again before reading back: a request preempted with tokens in flight is not
+    prefilled again until they are resolved (its recompute must feed them)."""
+    manager, scheduler, _ = make(num_blocks=4, block_size=4, max_batch_size=2, max_num_tokens=64)
+    a, b = request("a", 6, 8), request("b", 6, 8)
+    scheduler.add(a)
+    scheduler.add(b)
+    launched = []
+    for _ in range(4):  # two prefills of 2 blocks each fill the cache; a's 9th token preempts b
+        batch = scheduler.schedule()
+        scheduler.advance(batch)
+        launched.append(batch)
+    assert launched[-1].preempted == [b] and b.num_pending == 3
+    scheduler.abort("a")  # its blocks are free: b would fit now
+    assert all(seq.request is not b for seq in scheduler.schedule())
+    for step, batch in enumerate(launched):
+        scheduler.resolve(batch, [100 + step] * len(batch))
+    assert b.num_pending == 0 and b.output_token_ids == [100, 101, 102]
+    (recompute,) = scheduler.schedule().sequences
+    assert recompute.request is b and recompute.token_ids == b.prompt_token_ids + [100, 101, 102]
+    assert manager.num_used_blocks == 3
