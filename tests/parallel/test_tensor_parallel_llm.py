@@ -1,5 +1,6 @@
 """LLM with tensor_parallel_size=2 on CPU (gloo), spawned or launched by torchrun: exactly the greedy tokens of
-one device, whatever joins when, with preemption, and every block comes back."""
+one device, whatever joins when, with preemption, and every block comes back. Overlap scheduling is on (the
+default): the other rank feeds PENDING inputs from the tokens rank 0 broadcasts after sampling."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 from support import generating_model, hf_greedy, random_prompts
 
 from trtllm_compile.parallel.runner import pack_batch, unpack_batch
 from trtllm_compile.runtime.llm import LLM
+from trtllm_compile.runtime.model_runner import PendingTokens
 from trtllm_compile.runtime.sampling import SamplingParams
-from trtllm_compile.runtime.scheduler import ScheduledBatch, ScheduledSequence
+from trtllm_compile.runtime.scheduler import PENDING, ScheduledBatch, ScheduledSequence
 
 MAX_NEW = 8
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0)
@@ -87,14 +90,19 @@ def test_a_rank_that_fails_to_start_is_reported_not_waited_for():
 
 
 def test_a_batch_packs_into_one_tensor_and_back():
+    """With the row of each PENDING input in the previous step's samples (overlap scheduling)."""
     sequences = [
         ScheduledSequence(None, [5, 6, 7], 0, True, [0, 1, 2], [0]),
         ScheduledSequence(None, [9], 17, False, [33], [1, 2]),
+        ScheduledSequence(None, [PENDING], 4, False, [4], [3]),
     ]
-    unpacked = unpack_batch(pack_batch(ScheduledBatch(sequences))).sequences
+    pending = PendingTokens(torch.tensor([11, 12]), [-1, -1, 1])
+    unpacked, rows = unpack_batch(pack_batch(ScheduledBatch(sequences), pending))
     assert [(s.token_ids, s.start_pos, s.is_prefill, s.slot_mapping, s.block_table) for s in unpacked] == [
         (s.token_ids, s.start_pos, s.is_prefill, s.slot_mapping, s.block_table) for s in sequences
     ]
+    assert rows == [-1, -1, 1]
+    assert unpack_batch(pack_batch(ScheduledBatch(sequences[:2])))[1] == [-1, -1]
 
 
 def _free_port() -> int:

@@ -6,6 +6,10 @@ block tables packed into one int64 tensor over the CPU control group) and runs t
 the graph's collectives combine the ranks' partial results, and rank 0 samples from the gathered logits. Ranks
 1.. run `serve()`: receive a batch, run the same step (eager, or the same CUDA graph), until rank 0 stops them.
 So only tensors cross ranks, and every rank makes the same eager/CUDA-graph choice from the same batch.
+
+With overlap scheduling the next batch is sent before rank 0 has read the sampled tokens back: rank 0
+broadcasts them over the device group right after sampling (queued on the stream, no host wait), and a
+`PENDING` input carries the row of its token in them (the packed batch's fifth field per sequence).
 """
 
 from __future__ import annotations
@@ -27,29 +31,32 @@ logger = logging.getLogger(__name__)
 
 _STOP, _STEP = 0, 1
 _MESSAGE = 1024  # int64s per control message: command, payload size, then the payload's first 1022 values
-_FIELDS = 4  # per sequence: token count, start position, is_prefill, block count; then the three lists
+_FIELDS = 5  # per sequence: token count, start position, is_prefill, block count, pending row; then three lists
 
 
-def pack_batch(batch: ScheduledBatch) -> torch.Tensor:
+def pack_batch(batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
     """What the other ranks need of a scheduled batch, as one int64 tensor."""
     values: list[int] = []
-    for seq in batch.sequences:
-        values += (len(seq.token_ids), seq.start_pos, int(seq.is_prefill), len(seq.block_table))
+    rows = pending.rows if pending is not None else [-1] * len(batch.sequences)
+    for seq, row in zip(batch.sequences, rows, strict=True):
+        values += (len(seq.token_ids), seq.start_pos, int(seq.is_prefill), len(seq.block_table), row)
         values += seq.token_ids
         values += seq.slot_mapping
         values += seq.block_table
     return torch.tensor(values, dtype=torch.int64)
 
 
-def unpack_batch(packed: torch.Tensor) -> ScheduledBatch:
-    values, i, sequences = packed.tolist(), 0, []
+def unpack_batch(packed: torch.Tensor) -> tuple[ScheduledBatch, list[int]]:
+    """The batch, and each sequence's row in the previous step's samples (-1: its tokens are in the batch)."""
+    values, i, sequences, rows = packed.tolist(), 0, [], []
     while i < len(values):
-        n, start, prefill, blocks = values[i : i + _FIELDS]
+        n, start, prefill, blocks, row = values[i : i + _FIELDS]
         i += _FIELDS
         tokens, slots, table = values[i : i + n], values[i + n : i + 2 * n], values[i + 2 * n : i + 2 * n + blocks]
         i += 2 * n + blocks
         sequences.append(ScheduledSequence(None, tokens, start, bool(prefill), slots, table))
-    return ScheduledBatch(sequences)
+        rows.append(row)
+    return ScheduledBatch(sequences), rows
 
 
 class TensorParallelRunner(ModelRunner):
@@ -105,12 +112,14 @@ class TensorParallelRunner(ModelRunner):
         return int(blocks)
 
     def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
-        """Rank 0: send the batch to the other ranks, then run it; returns the gathered logits. The engine reads
-        every step back before the next (`pending` is None): the other ranks get token ids from the host."""
-        if pending is not None:
-            raise ValueError("tensor-parallel steps take no pending tokens: run the engine without overlap scheduling")
-        self._send(_STEP, pack_batch(batch))
-        return super().execute(batch)
+        """Rank 0: send the batch to the other ranks, then run it; returns the gathered logits."""
+        self._send(_STEP, pack_batch(batch, pending))
+        return super().execute(batch, pending)
+
+    def publish_sampled(self, token_ids: torch.Tensor) -> None:
+        """Rank 0: every step's sampled tokens go to the other ranks, which feed them to the next step's
+        PENDING inputs."""
+        dist.broadcast(token_ids.contiguous(), src=0)
 
     def _send(self, command: int, payload: torch.Tensor) -> None:
         """One broadcast for a step whose batch fits the message (decode steps), a second for the rest."""
@@ -125,6 +134,7 @@ class TensorParallelRunner(ModelRunner):
     def serve(self) -> None:
         """Ranks 1..: run every batch rank 0 broadcasts, until it sends stop."""
         message = torch.empty(_MESSAGE, dtype=torch.int64)
+        sampled = None  # the previous step's tokens, as rank 0 sampled them
         while True:
             dist.broadcast(message, src=0, group=self.control_group)
             command, size = message[:2].tolist()
@@ -137,7 +147,11 @@ class TensorParallelRunner(ModelRunner):
                 rest = torch.empty(size - inline, dtype=torch.int64)
                 dist.broadcast(rest, src=0, group=self.control_group)
                 payload[inline:] = rest
-            super().execute(unpack_batch(payload))
+            batch, rows = unpack_batch(payload)
+            pending = PendingTokens(sampled, rows) if any(row >= 0 for row in rows) else None
+            super().execute(batch, pending)
+            sampled = torch.empty(len(batch.sequences), dtype=torch.int64, device=self.device)
+            dist.broadcast(sampled, src=0)
 
     def release(self) -> None:
         """Drop the captured CUDA graphs (before the process group goes: they hold its collectives)."""

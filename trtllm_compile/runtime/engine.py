@@ -23,7 +23,7 @@ from trtllm_compile.config import CompileConfig
 from trtllm_compile.runtime.kv_cache import BlockManager
 from trtllm_compile.runtime.model_runner import ModelRunner, PendingTokens
 from trtllm_compile.runtime.sampling import SamplingParams, make_generator, sample
-from trtllm_compile.runtime.scheduler import Request, ScheduledBatch, Scheduler
+from trtllm_compile.runtime.scheduler import PENDING, Request, ScheduledBatch, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class EngineConfig:
     compile: CompileConfig = field(default_factory=CompileConfig)
     tensor_parallel_size: int = 1  # ranks (one GPU each; gloo processes on CPU); see parallel/launch.py
     build_in_turn: bool = False  # tensor parallel: ranks build their shards one at a time (host memory)
-    overlap_scheduling: bool = True  # launch step n+1 before reading step n's tokens (one rank only)
+    overlap_scheduling: bool = True  # launch step n+1 before reading step n's tokens back
 
 
 @dataclass
@@ -51,9 +51,11 @@ class _LaunchedStep:
     host_token_ids: torch.Tensor
     copied: torch.cuda.Event | None  # None on CPU, where the tokens are on the host already
 
-    def pending_tokens(self) -> PendingTokens:
+    def feeding(self, batch: ScheduledBatch) -> PendingTokens:
+        """Where `batch`'s PENDING input tokens are among this step's samples."""
         rows = {seq.request.request_id: row for row, seq in enumerate(self.batch.sequences)}
-        return PendingTokens(rows, self.token_ids)
+        sources = [rows[seq.request.request_id] if seq.token_ids[0] == PENDING else -1 for seq in batch.sequences]
+        return PendingTokens(self.token_ids, sources)
 
 
 @dataclass
@@ -118,7 +120,7 @@ class LLMEngine:
         self._generators: dict[str, torch.Generator | None] = {}
         self._texts: dict[str, str] = {}
         self._ids = itertools.count()
-        self._overlap = config.overlap_scheduling and config.tensor_parallel_size == 1
+        self._overlap = config.overlap_scheduling
         self._in_flight: _LaunchedStep | None = None
 
     @property
@@ -161,7 +163,7 @@ class LLMEngine:
         """Launch one batched model step; returns an output for every request that advanced in the step read
         back now (the one launched by the previous call, with overlap scheduling; else this one)."""
         batch = self.scheduler.schedule()
-        previous = self._in_flight.pending_tokens() if self._in_flight is not None else None
+        previous = self._in_flight.feeding(batch) if self._in_flight is not None else None
         outputs = []
         if any(seq.request.params.repetition_penalty != 1.0 for seq in batch.sequences):
             outputs += self._read_back()  # the penalty needs every earlier token on the host
@@ -183,6 +185,7 @@ class LLMEngine:
             [self._generators.get(r.request_id) for r in requests],  # gone: finished by the read-back above
             [r.all_token_ids for r in requests] if penalized else None,
         )
+        self.runner.publish_sampled(token_ids)
         self.scheduler.advance(batch)
         if token_ids.device.type != "cuda":
             return _LaunchedStep(batch, token_ids, token_ids, None)

@@ -23,11 +23,11 @@ CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384
 
 @dataclass
 class PendingTokens:
-    """Tokens the step in flight sampled, still on the device: `token_ids[rows[request_id]]` is the input of
-    that request's `PENDING` decode in the next step."""
+    """Where a batch's `PENDING` input tokens are: the step in flight sampled them into `token_ids` (on the
+    device), and `rows[i]` is the row of batch.sequences[i]'s token there (-1: its tokens are given)."""
 
-    rows: dict[str, int]
     token_ids: torch.Tensor
+    rows: list[int]
 
 
 def _cuda_kernels_ready() -> bool:
@@ -118,6 +118,8 @@ class ModelRunner:
         # Decodes first: the GPU kernel handles the single-token rows together, prefills after.
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].token_ids) > 1)
         ordered = [sequences[i] for i in order]
+        if pending is not None:  # in the order the step feeds them
+            pending = PendingTokens(pending.token_ids, [pending.rows[i] for i in order])
         if (
             self.use_cuda_graphs
             and all(len(s.token_ids) == 1 for s in ordered)
@@ -132,6 +134,9 @@ class ModelRunner:
         out = torch.empty_like(logits, dtype=torch.float32)
         out[torch.tensor(order).to(logits.device, non_blocking=True)] = logits.float()
         return out
+
+    def publish_sampled(self, token_ids: torch.Tensor) -> None:
+        """The engine sampled `token_ids` from this step's logits (tensor parallel: the other ranks need them)."""
 
     def max_blocks_for(self, sequences) -> int:
         return max(len(s.block_table) for s in sequences)
@@ -158,7 +163,7 @@ class ModelRunner:
         for row, seq in enumerate(sequences):
             rows = slice(starts[row], starts[row + 1])
             if seq.token_ids[0] == PENDING:  # a decode: its single input token is still on the device
-                pending_at.append((starts[row], pending.rows[seq.request.request_id]))
+                pending_at.append((starts[row], pending.rows[row]))
             else:
                 token_ids[rows] = seq.token_ids
             positions[rows] = np.arange(seq.start_pos, seq.start_pos + lengths[row])
