@@ -62,19 +62,8 @@ def attend(
     return (torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v).contiguous()
 
 
-@torch.library.custom_op("trtllm::attention", mutates_args=())
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    attn_mask: Tensor | None,
-    scale: float,
-    is_causal: bool = False,
-    sliding_window: int = -1,
-    softcap: float = 0.0,
-) -> Tensor:
-    """The fused attention op, on every device: `attend`."""
-    return attend(q, k, v, attn_mask, scale, is_causal, sliding_window, softcap)
+# The fused attention op, on every device: `attend` (which the CUDA paged attention also calls directly).
+attention = torch.library.custom_op("trtllm::attention", attend, mutates_args=())
 
 
 @attention.register_fake

@@ -165,20 +165,21 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         previous = self._in_flight.feeding(batch) if self._in_flight is not None else None
         outputs = []
-        if any(seq.request.params.repetition_penalty != 1.0 for seq in batch.sequences):
-            outputs += self._read_back()  # the penalty needs every earlier token on the host
-        launched = self._launch(batch, previous) if batch.sequences else None
+        # only a repetition penalty makes sampling read history, which needs every earlier token on the host
+        penalized = any(seq.request.params.repetition_penalty != 1.0 for seq in batch.sequences)
+        if penalized:
+            outputs += self._read_back()
+        launched = self._launch(batch, previous, penalized) if batch.sequences else None
         outputs += self._read_back()
         self._in_flight = launched
         if not self._overlap:
             outputs += self._read_back()
         return outputs
 
-    def _launch(self, batch: ScheduledBatch, previous: PendingTokens | None) -> _LaunchedStep:
+    def _launch(self, batch: ScheduledBatch, previous: PendingTokens | None, penalized: bool) -> _LaunchedStep:
         logits = self.runner.execute(batch, previous)
         requests = [seq.request for seq in batch.sequences]
         params = [r.params for r in requests]
-        penalized = any(p.repetition_penalty != 1.0 for p in params)  # only then does sampling need history
         token_ids = sample(
             logits,
             params,

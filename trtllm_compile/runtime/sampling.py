@@ -66,7 +66,7 @@ def apply_repetition_penalty(logits: Tensor, penalties: list[float], prev_tokens
     token_ids = token_ids.clamp(0, vocab).to(logits.device)
     seen = torch.zeros(num_rows, vocab + 1, dtype=torch.bool, device=logits.device)
     seen = seen.scatter(1, token_ids, True)[:, :vocab]
-    penalty = torch.tensor(penalties, dtype=logits.dtype, device=logits.device)[:, None]
+    penalty = _per_row(penalties, logits.device, logits.dtype)[:, None]
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalized, logits)
 
