@@ -3,7 +3,8 @@
     python benchmarks/tp_decode.py compare [--layers 32] [--out docs/results/tp_compare.json]
         Llama-2-7B shape: TP=1 (cuda:0), then TP=2 (cuda:0 + cuda:1) on the same weights, in one run: greedy
         tokens identical?, batch-1 decode latency per token (TPOT) and its TP=2 / TP=1 ratio (issue 7 asks
-        <= 0.7), max-load throughput (the batch that fills the KV cache).
+        <= 0.7), max-load throughput (the batch that fills the KV cache). `--all-reduce peer,nccl` runs TP=2
+        twice: decode all-reduces over peer memory (the default), then all on NCCL.
     python benchmarks/tp_decode.py big [--layers N] [--out ...]
         Llama-2-70B shape cut to N layers (default: the fewest whose bf16 weights exceed one GPU's memory):
         loads across the two GPUs and generates. The model is made once on the host and shared with rank 1
@@ -99,27 +100,40 @@ def compare(args) -> dict:
     factory = _Factory("llama-2-7b", args.layers or 32)
     model = factory().to(DEVICE)
     vocab = model.config.vocab_size
-    tp1 = _measure(LLM(model, **_engine_args(args)), "trtllm tp=1", args, vocab)
+    runs = {"tp1": _measure(LLM(model, **_engine_args(args)), "trtllm tp=1", args, vocab)}
     del model
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    with LLM(factory, tensor_parallel_size=2, **_engine_args(args)) as llm:
-        tp2 = _measure(llm, "trtllm tp=2", args, vocab)
-    same = [a == b for a, b in zip(tp1["tokens"], tp2["tokens"], strict=True)]
-    agree = [
-        next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
-        for a, b in zip(tp1["tokens"], tp2["tokens"], strict=True)
-    ]
-    ratio = tp2["measurements"][0]["tpot_ms"] / tp1["measurements"][0]["tpot_ms"]
+    for path in args.all_reduce.split(","):  # the workers inherit the switch through the environment
+        os.environ["TRTLLM_PEER_ALL_REDUCE"] = "1" if path == "peer" else "0"
+        with LLM(factory, tensor_parallel_size=2, **_engine_args(args)) as llm:
+            runs[f"tp2 {path}"] = _measure(llm, f"trtllm tp=2 {path}", args, vocab)
+        del llm  # its weights and KV cache go before the next run sizes its cache from free memory
+        gc.collect()
+        torch.cuda.empty_cache()
+    os.environ.pop("TRTLLM_PEER_ALL_REDUCE")
+    tp1 = runs["tp1"]
     print(f"Llama-2-7B shape ({args.layers or 32} layers) bf16, {_device_name()} x2")
-    print(f"greedy tokens identical TP=2 vs TP=1: {all(same)} (tokens agreeing before the first difference: {agree})")
-    print(f"{'system':<16}{'batch':>6}{'tokens/s':>12}{'TTFT ms':>10}{'TPOT ms':>10}")
-    for m in tp1["measurements"] + tp2["measurements"]:
-        print(
-            f"{m['system']:<16}{m['batch_size']:>6}{m['tokens_per_s']:>12.1f}{m['ttft_ms']:>10.1f}{m['tpot_ms']:>10.2f}"
-        )
-    print(f"batch-1 TPOT TP=2 / TP=1: {ratio:.2f} (issue 7 target <= 0.7)")
-    return {"tp1": tp1, "tp2": tp2, "identical": all(same), "agree": agree, "tpot_ratio": ratio}
+    summary = {}
+    for name, run in runs.items():
+        if name == "tp1":
+            continue
+        agree = [
+            next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+            for a, b in zip(tp1["tokens"], run["tokens"], strict=True)
+        ]
+        ratio = run["measurements"][0]["tpot_ms"] / tp1["measurements"][0]["tpot_ms"]
+        summary[name] = {"identical": agree == [len(t) for t in tp1["tokens"]], "agree": agree, "tpot_ratio": ratio}
+        print(f"{name}: greedy tokens identical to TP=1: {summary[name]['identical']} (agreeing for {agree})")
+        print(f"{name}: batch-1 TPOT TP=2 / TP=1: {ratio:.2f} (issue 7 target <= 0.7)")
+    print(f"{'system':<22}{'batch':>6}{'tokens/s':>12}{'TTFT ms':>10}{'TPOT ms':>10}")
+    for run in runs.values():
+        for m in run["measurements"]:
+            print(
+                f"{m['system']:<22}{m['batch_size']:>6}{m['tokens_per_s']:>12.1f}{m['ttft_ms']:>10.1f}"
+                f"{m['tpot_ms']:>10.2f}"
+            )
+    return {"runs": runs, "summary": summary}
 
 
 def big(args) -> dict:
@@ -195,6 +209,9 @@ def main() -> int:
     parser.add_argument("--check-tokens", type=int, default=64, help="greedy tokens compared between TP=1 and 2")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-num-tokens", type=int, default=8192)
+    parser.add_argument(
+        "--all-reduce", default="peer", help="TP=2 runs to make: peer (one-shot over peer memory), nccl, or both"
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -9,6 +9,7 @@ import torch
 from support import generating_model, random_prompts
 from test_tensor_parallel_llm import GREEDY
 
+from trtllm_compile.parallel.peer_all_reduce import rendezvous_made
 from trtllm_compile.runtime.llm import LLM
 
 pytestmark = [
@@ -23,9 +24,11 @@ def test_tp2_on_two_gpus_gives_the_one_gpu_greedy_tokens(name, overrides):
     prompts = random_prompts()
     config = dict(max_batch_size=8, max_num_tokens=128)
     expected = LLM(copy.deepcopy(model).to("cuda:0"), **config).generate(prompts, GREEDY)
+    first_group = rendezvous_made() == 0  # later groups of this process keep all-reduces on NCCL
     with LLM(model, tensor_parallel_size=2, device="cuda", **config) as llm:
         runner = llm.engine.runner
         actual = llm.generate(prompts, GREEDY)
         assert runner.use_cuda_graphs and runner._graphs  # decode steps replayed captured graphs
+        assert (runner.peer_all_reduce is not None) == first_group  # fp32 is taken by the one-shot kernel
         assert runner.kv_cache.device == torch.device("cuda", 0)
     assert [o.token_ids for o in actual] == [o.token_ids for o in expected]

@@ -8,7 +8,7 @@ Two ways in, one code path after:
   process built its model already; rank 0 returns a runner, ranks 1.. serve and then leave the process.
 
 gloo on CPU; NCCL on GPUs (one per rank: LOCAL_RANK, else the rank), with NVLink multicast off
-(NCCL_NVLS_ENABLE=0), plus a gloo group for the per-step control message.
+(NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1), plus a gloo group for the per-step control message.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def init_rank(world_size: int, device_type: str, rank: int | None = None, init_m
 def _join(world_size: int, device_type: str, rank: int | None, init_method: str):
     """The rendezvous: the default group (NCCL or gloo) and, next to NCCL, a gloo group for the control message."""
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")  # the peer all-reduce reads peers' memory
     owns_group = not dist.is_initialized()
     if owns_group:
         rank = int(os.environ["RANK"]) if rank is None else rank

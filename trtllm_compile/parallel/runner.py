@@ -5,7 +5,8 @@ Rank 0 drives: the engine's scheduler hands it a batch, it broadcasts the batch 
 block tables packed into one int64 tensor over the CPU control group) and runs the step like every other rank;
 the graph's collectives combine the ranks' partial results, and rank 0 samples from the gathered logits. Ranks
 1.. run `serve()`: receive a batch, run the same step (eager, or the same CUDA graph), until rank 0 stops them.
-So only tensors cross ranks, and every rank makes the same eager/CUDA-graph choice from the same batch.
+So only tensors cross ranks, and every rank makes the same eager/CUDA-graph choice from the same batch. On GPUs
+the decode-sized all-reduces run as one-shot kernels over peer memory (`peer_all_reduce`), the rest on NCCL.
 
 With overlap scheduling the next batch is sent before rank 0 has read the sampled tokens back: rank 0
 broadcasts them over the device group right after sampling (queued on the stream, no host wait), and a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable
 
 import torch
@@ -23,6 +25,14 @@ import torch.distributed as dist
 
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.parallel.config import TensorParallelConfig
+from trtllm_compile.parallel.peer_all_reduce import (
+    ONE_SHOT_MAX_BYTES,
+    PEER_DTYPES,
+    PeerAllReduce,
+    all_reduce_dtypes,
+    bind_peer_all_reduce,
+    rendezvous_made,
+)
 from trtllm_compile.parallel.step_graph import build_sharded_step_graph, place_constants
 from trtllm_compile.runtime.model_runner import ModelRunner, PendingTokens
 from trtllm_compile.runtime.scheduler import ScheduledBatch, ScheduledSequence
@@ -83,6 +93,39 @@ class TensorParallelRunner(ModelRunner):
         super().__init__(model, device=device, **sizing)
         kv_heads = self.step.geometry.num_kv_heads
         logger.info("rank %d of %d on %s: %d KV heads", tp.rank, tp.world_size, self.device, kv_heads)
+        self.peer_all_reduce = self._bind_peer_all_reduce() if self.device.type == "cuda" else None
+
+    def _bind_peer_all_reduce(self) -> PeerAllReduce | None:
+        """Decode-sized all-reduces through peer memory (one kernel each), where the dtype and GPUs allow it;
+        None (NCCL for all) otherwise, or with TRTLLM_PEER_ALL_REDUCE=0. Collective: every rank decides from the
+        same graph and environment."""
+        if os.environ.get("TRTLLM_PEER_ALL_REDUCE", "1") == "0":
+            logger.info("all-reduces on NCCL (TRTLLM_PEER_ALL_REDUCE=0)")
+            return None
+        gm = self.step.graph_module
+        dtypes = all_reduce_dtypes(gm)
+        if len(dtypes) != 1 or not dtypes <= set(PEER_DTYPES):
+            logger.info("all-reduces on NCCL: the one-shot peer all-reduce sums %s, the graph %s", PEER_DTYPES, dtypes)
+            return None
+        made = [torch.zeros(1, dtype=torch.int64) for _ in range(self.tp.world_size)]
+        dist.all_gather(made, torch.tensor([rendezvous_made()]), group=self.control_group)
+        if len({int(m) for m in made}) > 1:
+            logger.warning(
+                "all-reduces on NCCL: this process set up peer memory for an earlier tensor-parallel group, and "
+                "torch keeps that per process; its fresh workers can't join it again (start a new process for "
+                "peer all-reduces)"
+            )
+            return None
+        try:
+            reducer = PeerAllReduce(self.tp.group_name, self.device, dtypes.pop())
+        except RuntimeError as error:  # GPUs without peer access, or torch built without symmetric memory
+            logger.warning("all-reduces on NCCL: no symmetric memory between the GPUs (%s)", error)
+            return None
+        bound = bind_peer_all_reduce(gm, reducer)
+        logger.info(
+            "%d all-reduces: up to %d KiB over peer memory (one-shot), above on NCCL", bound, ONE_SHOT_MAX_BYTES >> 10
+        )
+        return reducer
 
     def _build_step(self, model, compile_config: CompileConfig | None):
         """This rank's shard, built in its turn; rank 0 returns once every rank has built (or one failed)."""
@@ -156,6 +199,7 @@ class TensorParallelRunner(ModelRunner):
     def release(self) -> None:
         """Drop the captured CUDA graphs (before the process group goes: they hold its collectives)."""
         self._graphs.clear()
+        self.peer_all_reduce = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -1,0 +1,130 @@
+"""The one-shot peer-memory all-reduce: how it is bound into a rank's step graph (CPU, its collectives emulated
+by threads), and the kernel itself against NCCL on two GPUs, eagerly and inside CUDA graphs."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from support import FP32_REL_TOL, TINY_MODELS, rel_err
+from tp_support import ThreadGroup, emulate_collectives, run_ranks, step_inputs
+
+from trtllm_compile.fx_utils import is_op
+from trtllm_compile.parallel.collectives import c10d
+from trtllm_compile.parallel.config import TensorParallelConfig
+from trtllm_compile.parallel.peer_all_reduce import PeerAllReduce, all_reduce_dtypes, bind_peer_all_reduce
+from trtllm_compile.parallel.step_graph import build_sharded_step_graphs, place_constants
+from trtllm_compile.runtime.step_graph import build_step_graph
+
+BLOCK_SIZE = 4
+
+
+class _ThreadReducer:
+    """Stands in for PeerAllReduce on the CPU: the same binding, sums from a ThreadGroup."""
+
+    def __init__(self, group: ThreadGroup, rank: int, group_name: str):
+        self.group, self.rank, self.group_name, self.calls = group, rank, group_name, 0
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.group.all_reduce(x, self.rank)
+
+
+def test_bound_graph_calls_the_reducer_for_every_all_reduce_and_keeps_the_logits():
+    model = TINY_MODELS["llama"].build()
+    layers = model.config.num_hidden_layers
+    graphs = build_sharded_step_graphs(model, [TensorParallelConfig(rank, 2, "tp") for rank in range(2)])
+    group = ThreadGroup(2)
+    reducers = [_ThreadReducer(group, rank, "tp") for rank in range(2)]
+    for step, reducer in zip(graphs, reducers, strict=True):
+        gm = step.graph_module
+        place_constants(gm, torch.device("cpu"))
+        assert all_reduce_dtypes(gm) == {torch.float32}
+        assert bind_peer_all_reduce(gm, reducer) == 1 + 2 * layers  # vocab-parallel embedding, attention out, MLP down
+        assert not any(is_op(n, c10d.all_reduce.default) for n in gm.graph.nodes)
+        waits = [n for n in gm.graph.nodes if is_op(n, c10d.wait_tensor.default)]
+        assert [w.args[0].target for w in waits] == [c10d.all_gather_into_tensor.default]  # the LM head's gather
+        emulate_collectives(gm, group, reducer.rank)
+
+    reference = build_step_graph(model)
+    prompt = [([5, 17, 200, 3, 9], 0)]
+    caches = [
+        torch.zeros(s.geometry.num_layers, 2, 4, BLOCK_SIZE, s.geometry.num_kv_heads, s.geometry.head_dim)
+        for s in (reference, *graphs)
+    ]
+    expected = reference.graph_module(*step_inputs(prompt, caches[0], BLOCK_SIZE))[0]
+    got = run_ranks(
+        [
+            lambda s=s, c=c: s.graph_module(*step_inputs(prompt, c, BLOCK_SIZE))[0]
+            for s, c in zip(graphs, caches[1:], strict=True)
+        ]
+    )
+    assert rel_err(got[0], expected) <= FP32_REL_TOL
+    assert torch.equal(got[0], got[1])
+    assert [r.calls for r in reducers] == [1 + 2 * layers] * 2
+
+
+def test_binding_leaves_other_groups_to_nccl():
+    model = TINY_MODELS["llama"].build()
+    (step,) = build_sharded_step_graphs(model, [TensorParallelConfig(0, 2, "tp")])
+    assert bind_peer_all_reduce(step.graph_module, _ThreadReducer(ThreadGroup(2), 0, "another")) == 0
+
+
+def _two_gpu_rank(rank: int, port: int, results) -> None:
+    os.environ["NCCL_NVLS_ENABLE"], os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "0", "1"
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    group = dist.group.WORLD.group_name
+    try:
+        checks = {}
+        for dtype in (torch.bfloat16, torch.float32):
+            reducer = PeerAllReduce(group, device, dtype, max_bytes=64 << 10)
+            generator = torch.Generator(device).manual_seed(rank)
+            x = torch.randn(4, 1000, dtype=dtype, device=device, generator=generator)
+
+            def nccl(t):
+                return c10d.wait_tensor(c10d.all_reduce(t, "sum", group))
+
+            def chain(t, reduce):  # what a step does: reduce, compute on the sum, reduce again
+                for _ in range(6):
+                    t = reduce(t) * 0.5
+                return t
+
+            eager = reducer.all_reduce(x)
+            checks[f"{dtype} eager"] = reducer.takes(x) and torch.equal(eager, nccl(x))
+            static = x.clone()
+            graph = torch.cuda.CUDAGraph()
+            chain(static, reducer.all_reduce)  # warm-up outside the capture
+            with torch.cuda.graph(graph):
+                captured = chain(static, reducer.all_reduce)
+            replays_match = True
+            for _ in range(20):  # the same buffer slots reused back to back: a race would show as a wrong sum
+                static.copy_(torch.randn(x.shape, dtype=dtype, device=device, generator=generator))
+                graph.replay()
+                replays_match &= torch.equal(captured, chain(static.clone(), nccl))
+            checks[f"{dtype} graph"] = replays_match
+            big = torch.randn(40, 1000, dtype=dtype, device=device, generator=generator)  # over 64 KiB: NCCL
+            checks[f"{dtype} big"] = not reducer.takes(big) and torch.equal(reducer.all_reduce(big), nccl(big))
+        results[rank] = checks
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_one_shot_all_reduce_matches_nccl_eagerly_and_in_cuda_graphs():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_two_gpu_rank, args=(port, results), nprocs=2)
+        checks = dict(results)
+    # Two addends: the one-shot sum and NCCL's are the same rounding of a + b, so equal bits are expected.
+    for rank in range(2):
+        assert checks[rank] and all(checks[rank].values()), checks[rank]
