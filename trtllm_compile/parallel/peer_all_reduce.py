@@ -14,8 +14,6 @@ them all on NCCL. NVLink multicast is not used (`TORCH_SYMM_MEM_DISABLE_MULTICAS
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.fx
 from torch import Tensor
@@ -23,10 +21,8 @@ from torch import Tensor
 from trtllm_compile.fx_utils import is_op, val
 from trtllm_compile.parallel.collectives import c10d
 
-logger = logging.getLogger(__name__)
-
-# The largest message the one-shot kernel takes (bytes); above it NCCL's ring wins on two H100s
-# (benchmarks/all_reduce.py, docs/benchmarks.md).
+# The largest message the one-shot kernel takes (bytes). On two H100s it beats NCCL up to 2 MiB and loses from
+# 4 MiB (benchmarks/all_reduce.py, docs/benchmarks.md run 11); the end-to-end runs were made with 1 MiB.
 ONE_SHOT_MAX_BYTES = 1 << 20
 PEER_DTYPES = (torch.float32, torch.bfloat16)  # what torch's one-shot kernel is built for
 _rendezvous_made = 0  # symmetric buffers this process has set up (see `rendezvous_made`)
