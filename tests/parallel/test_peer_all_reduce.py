@@ -16,7 +16,7 @@ from tp_support import ThreadGroup, emulate_collectives, run_ranks, step_inputs
 from trtllm_compile.fx_utils import is_op
 from trtllm_compile.parallel.collectives import c10d
 from trtllm_compile.parallel.config import TensorParallelConfig
-from trtllm_compile.parallel.peer_all_reduce import PeerAllReduce, all_reduce_dtypes, bind_peer_all_reduce
+from trtllm_compile.parallel.peer_all_reduce import PeerAllReduce, all_reduce_dtypes, bind_peer_all_reduce, why_nccl
 from trtllm_compile.parallel.step_graph import build_sharded_step_graphs, place_constants
 from trtllm_compile.runtime.step_graph import build_step_graph
 
@@ -72,6 +72,15 @@ def test_binding_leaves_other_groups_to_nccl():
     model = TINY_MODELS["llama"].build()
     (step,) = build_sharded_step_graphs(model, [TensorParallelConfig(0, 2, "tp")])
     assert bind_peer_all_reduce(step.graph_module, _ThreadReducer(ThreadGroup(2), 0, "another")) == 0
+
+
+def test_why_the_all_reduces_stay_on_nccl(monkeypatch):
+    assert why_nccl({torch.bfloat16}, [0, 0]) is None
+    assert why_nccl({torch.float32}, [2, 2]) is None  # processes that made the same groups before
+    assert "graph ['torch.float16']" in why_nccl({torch.float16}, [0, 0])
+    assert "earlier tensor-parallel group" in why_nccl({torch.bfloat16}, [1, 0])  # rank 0 reused, workers fresh
+    monkeypatch.setenv("TRTLLM_PEER_ALL_REDUCE", "0")
+    assert why_nccl({torch.bfloat16}, [0, 0]) == "TRTLLM_PEER_ALL_REDUCE=0"
 
 
 def _two_gpu_rank(rank: int, port: int, results) -> None:

@@ -14,6 +14,8 @@ them all on NCCL. NVLink multicast is not used (`TORCH_SYMM_MEM_DISABLE_MULTICAS
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.fx
 from torch import Tensor
@@ -34,6 +36,21 @@ def rendezvous_made() -> int:
     gets its name back: ranks can rendezvous only if they share that history (all fresh processes, or processes
     that made the same groups before). The runner compares this count across ranks first."""
     return _rendezvous_made
+
+
+def why_nccl(dtypes: set[torch.dtype], made_by_rank: list[int]) -> str | None:
+    """Why a graph's all-reduces must all stay on NCCL, or None when the peer path may be set up. `dtypes`: what
+    the graph's all-reduces sum; `made_by_rank`: every rank's `rendezvous_made()`."""
+    if os.environ.get("TRTLLM_PEER_ALL_REDUCE", "1") == "0":
+        return "TRTLLM_PEER_ALL_REDUCE=0"
+    if len(dtypes) != 1 or not dtypes <= set(PEER_DTYPES):
+        return f"the one-shot kernel sums {' or '.join(map(str, PEER_DTYPES))}, the graph {sorted(map(str, dtypes))}"
+    if len(set(made_by_rank)) > 1:
+        return (
+            "this process set up peer memory for an earlier tensor-parallel group and torch keeps that per "
+            "process, so fresh workers can't join it again (start a new process for peer all-reduces)"
+        )
+    return None
 
 
 class PeerAllReduce:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Callable
 
 import torch
@@ -27,11 +26,11 @@ from trtllm_compile.config import CompileConfig
 from trtllm_compile.parallel.config import TensorParallelConfig
 from trtllm_compile.parallel.peer_all_reduce import (
     ONE_SHOT_MAX_BYTES,
-    PEER_DTYPES,
     PeerAllReduce,
     all_reduce_dtypes,
     bind_peer_all_reduce,
     rendezvous_made,
+    why_nccl,
 )
 from trtllm_compile.parallel.step_graph import build_sharded_step_graph, place_constants
 from trtllm_compile.runtime.model_runner import ModelRunner, PendingTokens
@@ -96,25 +95,15 @@ class TensorParallelRunner(ModelRunner):
         self.peer_all_reduce = self._bind_peer_all_reduce() if self.device.type == "cuda" else None
 
     def _bind_peer_all_reduce(self) -> PeerAllReduce | None:
-        """Decode-sized all-reduces through peer memory (one kernel each), where the dtype and GPUs allow it;
-        None (NCCL for all) otherwise, or with TRTLLM_PEER_ALL_REDUCE=0. Collective: every rank decides from the
-        same graph and environment."""
-        if os.environ.get("TRTLLM_PEER_ALL_REDUCE", "1") == "0":
-            logger.info("all-reduces on NCCL (TRTLLM_PEER_ALL_REDUCE=0)")
-            return None
+        """Decode-sized all-reduces through peer memory (one kernel each) unless `why_nccl` says otherwise; None
+        (NCCL for all) then. Collective: every rank decides from the same graph, environment and histories."""
         gm = self.step.graph_module
-        dtypes = all_reduce_dtypes(gm)
-        if len(dtypes) != 1 or not dtypes <= set(PEER_DTYPES):
-            logger.info("all-reduces on NCCL: the one-shot peer all-reduce sums %s, the graph %s", PEER_DTYPES, dtypes)
-            return None
         made = [torch.zeros(1, dtype=torch.int64) for _ in range(self.tp.world_size)]
         dist.all_gather(made, torch.tensor([rendezvous_made()]), group=self.control_group)
-        if len({int(m) for m in made}) > 1:
-            logger.warning(
-                "all-reduces on NCCL: this process set up peer memory for an earlier tensor-parallel group, and "
-                "torch keeps that per process; its fresh workers can't join it again (start a new process for "
-                "peer all-reduces)"
-            )
+        dtypes = all_reduce_dtypes(gm)
+        reason = why_nccl(dtypes, [int(m) for m in made])
+        if reason is not None:
+            logger.warning("all-reduces on NCCL: %s", reason)
             return None
         try:
             reducer = PeerAllReduce(self.tp.group_name, self.device, dtypes.pop())
