@@ -4,7 +4,8 @@
         Llama-2-7B shape: TP=1 (cuda:0), then TP=2 (cuda:0 + cuda:1) on the same weights, in one run: greedy
         tokens identical?, batch-1 decode latency per token (TPOT) and its TP=2 / TP=1 ratio (issue 7 asks
         <= 0.7), max-load throughput (the batch that fills the KV cache). `--all-reduce peer,nccl` runs TP=2
-        twice: decode all-reduces over peer memory (the default), then all on NCCL.
+        twice: decode all-reduces over peer memory (the default), then all on NCCL. `--compare eager,inductor`
+        (the default) also runs the HF peers at batch 1 on cuda:0.
     python benchmarks/tp_decode.py big [--layers N] [--out ...]
         Llama-2-70B shape cut to N layers (default: the fewest whose bf16 weights exceed one GPU's memory):
         loads across the two GPUs and generates. The model is made once on the host and shared with rank 1
@@ -30,7 +31,7 @@ import time
 import torch
 import transformers
 
-from trtllm_compile.bench.measure import Measurement, measure_engine
+from trtllm_compile.bench.measure import PEERS, Measurement, measure_engine, measure_peer
 from trtllm_compile.bench.shapes import SHAPES
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.runtime.llm import LLM
@@ -100,7 +101,14 @@ def compare(args) -> dict:
     factory = _Factory("llama-2-7b", args.layers or 32)
     model = factory().to(DEVICE)
     vocab = model.config.vocab_size
-    runs = {"tp1": _measure(LLM(model, **_engine_args(args)), "trtllm tp=1", args, vocab)}
+    runs = {}
+    peers = [name for name in args.compare.split(",") if name and name != "none"]
+    if peers:  # batch 1 on cuda:0, the same weights, before an engine takes the free memory for its KV cache
+        prompt = torch.tensor(_prompts(1, args.input_len, vocab, seed=1), device=DEVICE)
+        runs["peers"] = {"measurements": [measure_peer(p, model, prompt, args.output_len).as_dict() for p in peers]}
+        gc.collect()
+        torch.cuda.empty_cache()
+    runs["tp1"] = _measure(LLM(model, **_engine_args(args)), "trtllm tp=1", args, vocab)
     del model
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -116,7 +124,7 @@ def compare(args) -> dict:
     print(f"Llama-2-7B shape ({args.layers or 32} layers) bf16, {_device_name()} x2")
     summary = {}
     for name, run in runs.items():
-        if name == "tp1":
+        if name in ("tp1", "peers"):
             continue
         agree = [
             next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
@@ -209,6 +217,7 @@ def main() -> int:
     parser.add_argument("--check-tokens", type=int, default=64, help="greedy tokens compared between TP=1 and 2")
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--max-num-tokens", type=int, default=8192)
+    parser.add_argument("--compare", default="eager,inductor", help="HF peers at batch 1: eager, inductor, or none")
     parser.add_argument(
         "--all-reduce", default="peer", help="TP=2 runs to make: peer (one-shot over peer memory), nccl, or both"
     )
@@ -217,6 +226,10 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if torch.cuda.device_count() < 2:
         print("needs two GPUs", file=sys.stderr)
+        return 2
+    unknown = {name for name in args.compare.split(",") if name} - {*PEERS, "none"}
+    if unknown:  # said before a 7B model is made
+        print(f"unknown peer(s) {sorted(unknown)}; choose from {', '.join(PEERS)} or none", file=sys.stderr)
         return 2
     result = compare(args) if args.mode == "compare" else big(args)
     if args.out:

@@ -82,3 +82,10 @@ def test_side_by_side_compares_common_batch_sizes_and_the_fullest_loads(capsys):
     _print_side_by_side(results, {"none": "trtllm", "fp8": "trtllm fp8"})
     rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[2:]]
     assert rows == [["1", "4.0", "8.0", "2.00x"], ["max", "32.0", "64.0", "2.00x"]]
+
+
+def test_an_unknown_peer_is_named_with_the_choices():
+    from trtllm_compile.bench.measure import measure_peer
+
+    with pytest.raises(ValueError, match="unknown peer 'vllm'; choose from eager, inductor"):
+        measure_peer("vllm", model=None, prompts=None, output_len=1)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from trtllm_compile.bench.measure import Measurement, measure_engine, measure_hf
+from trtllm_compile.bench.measure import PEERS, Measurement, measure_engine, measure_peer
 from trtllm_compile.bench.shapes import SHAPES, random_model
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.quantization.config import FORMATS, KV_CACHE_FORMATS
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PEERS = ("eager", "inductor")
 WEIGHT_FORMATS = ("none", *FORMATS)  # "none": the unquantized model, in --dtype
 # Speed does not depend on weight values, so a small calibration does (seconds for a 7B model on a GPU).
 CALIB_WINDOWS, CALIB_WINDOW, CALIB_SAMPLES = 4, 128, 256
@@ -56,18 +55,6 @@ def add_parser(commands, add_model_args) -> None:
 def _prompts(batch: int, input_len: int, vocab: int, device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(batch)
     return torch.randint(1, vocab, (batch, input_len), generator=generator).to(device)
-
-
-def _peer(name: str, model, prompts: torch.Tensor, output_len: int) -> Measurement:
-    if name == "eager":
-        return measure_hf("hf-eager", model, prompts, output_len)
-    # Hugging Face compiles the forward itself (inductor, CUDA graphs) when generating with a static cache.
-    model.generation_config.cache_implementation = "static"
-    try:
-        return measure_hf("hf-static+inductor", model, prompts, output_len)
-    finally:
-        model.generation_config.cache_implementation = None
-        torch._dynamo.reset()
 
 
 def _formats(names: str, tp: int) -> list[str]:
@@ -174,7 +161,7 @@ def run_bench(args: argparse.Namespace) -> int:
         for batch in peer_sizes:
             logger.info("measuring %s at batch %d", peer, batch)
             prompts = _prompts(batch, args.input_len, vocab, args.device)
-            results.append(_logged(_peer(peer, model, prompts, args.output_len)))
+            results.append(_logged(measure_peer(peer, model, prompts, args.output_len)))
             _free_device_memory()
 
     calibration = _calibration(model, formats, args.kv_cache)

@@ -100,6 +100,24 @@ def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int) -> Me
     )
 
 
+PEERS = ("eager", "inductor")
+
+
+def measure_peer(name: str, model, prompts: torch.Tensor, output_len: int) -> Measurement:
+    """A peer of `--compare`: "eager" (HF generate) or "inductor" (HF generate with a static cache, which HF
+    compiles with inductor and CUDA graphs)."""
+    if name not in PEERS:
+        raise ValueError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+    if name == "eager":
+        return measure_hf("hf-eager", model, prompts, output_len)
+    model.generation_config.cache_implementation = "static"
+    try:
+        return measure_hf("hf-static+inductor", model, prompts, output_len)
+    finally:
+        model.generation_config.cache_implementation = None
+        torch._dynamo.reset()
+
+
 def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "trtllm") -> Measurement:
     """Our engine: all prompts submitted at once, batched in flight."""
     from trtllm_compile.runtime.sampling import SamplingParams
