@@ -89,6 +89,15 @@ def test_a_rank_that_fails_to_start_is_reported_not_waited_for():
     assert not dist.is_initialized()  # rank 0 left the group: a later one can start
 
 
+def test_more_ranks_than_gpus_names_the_fix_before_starting_any(monkeypatch):
+    from trtllm_compile.parallel.launch import start_group
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=2 needs 2 GPUs .* it has 1; use a smaller"):
+        start_group(generating_model("llama"), 2, {}, device_type="cuda")
+    assert not dist.is_initialized()
+
+
 def test_a_batch_packs_into_one_tensor_and_back():
     """With the row of each PENDING input in the previous step's samples (overlap scheduling)."""
     sequences = [

@@ -227,6 +227,12 @@ def start_group(
     Under an external launcher, ranks 1.. never return: they serve until rank 0 closes, then exit the process.
     """
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda" and not launched_externally() and world_size > torch.cuda.device_count():
+        raise ValueError(
+            f"tensor_parallel_size={world_size} needs {world_size} GPUs on this host (one per rank), and it has "
+            f"{torch.cuda.device_count()}; use a smaller tensor_parallel_size, launch the ranks on several hosts "
+            "with torchrun, or run them on the CPU (device='cpu')"
+        )
     if launched_externally():
         info = init_rank(world_size, device_type)
         runner = _make_runner(model, info, runner_kwargs)
