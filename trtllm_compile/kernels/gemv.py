@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from trtllm_compile.kernels import is_interpreted, rows_view
+from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ def _fp8_round(x, inv_scale, FP8_X: tl.constexpr):
     """With FP8_X, x as the FP8 GEMM sees it (`ops.quant.fp8_quantize`: x times 1 / scale, saturated to +-448,
     rounded to E4M3), in fp32; else x."""
     if FP8_X:
-        q = tl.minimum(tl.maximum(x * inv_scale, -448.0), 448.0)
-        return q.to(tl.float8e4nv).to(tl.float32)
+        return to_e4m3(x, inv_scale).to(tl.float32)
     return x
 
 
@@ -138,7 +138,7 @@ def _gemv_fma_kernel(
     x_scale, x_inv_scale = 1.0, 1.0
     if FP8_X:
         x_scale = tl.load(x_scale_ptr)
-        x_inv_scale = tl.math.div_rn(1.0, x_scale)  # correctly rounded, as torch's reciprocal
+        x_inv_scale = inverse_scale(x_scale_ptr)
     acc0 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     if PREFETCH:  # register double-buffering: the next tile's loads are in flight during this tile's FMAs
@@ -217,7 +217,7 @@ def _gemv_dot_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     x_inv_scale = 1.0
     if FP8_X:
-        x_inv_scale = tl.math.div_rn(1.0, tl.load(x_scale_ptr))  # correctly rounded, as torch's reciprocal
+        x_inv_scale = inverse_scale(x_scale_ptr)
     for k in range(k_lo, k_hi, BLOCK_K):
         if EVEN_K:
             w = tl.load(w_ptrs, eviction_policy="evict_first")
@@ -227,7 +227,7 @@ def _gemv_dot_kernel(
             w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
             x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
         if FP8_X:
-            x = tl.minimum(tl.maximum(x.to(tl.float32) * x_inv_scale, -448.0), 448.0).to(tl.float8e4nv)
+            x = to_e4m3(x, x_inv_scale)
         if UPCAST:  # Triton's interpreter multiplies bf16 dot operands as raw bits; fp32 products are exact
             acc = tl.dot(w.to(tl.float32), x.to(tl.float32), acc)
         elif FP8_X:

@@ -14,12 +14,8 @@ import triton.language as tl
 from torch import Tensor
 
 from trtllm_compile.kernels import is_interpreted
-
-
-@triton.jit
-def _fp8(x, scale_ptr):
-    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))
-    return tl.minimum(tl.maximum(x.to(tl.float32) * inv_scale, -448.0), 448.0).to(tl.float8e4nv)
+from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
+from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE
 
 
 @triton.jit
@@ -37,7 +33,7 @@ def _write_kv_kernel(
     k = tl.load(k_ptr + t * stride_kt + heads * stride_kh + dims, mask=mask)
     v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + dims, mask=mask)
     if QUANTIZE:
-        k, v = _fp8(k, k_scale_ptr), _fp8(v, v_scale_ptr)
+        k, v = to_e4m3(k, inverse_scale(k_scale_ptr)), to_e4m3(v, inverse_scale(v_scale_ptr))
     where = slot * stride_slot + heads * stride_head + dims
     tl.store(k_cache_ptr + where, k, mask=mask)
     tl.store(v_cache_ptr + where, v, mask=mask)
@@ -63,7 +59,7 @@ def write_kv_cache(
     k_scale / v_scale ([] float32): quantize into a float8_e4m3fn cache. What `ops.paged_attention.write_kv_cache`
     does with a quantize and two index_copy launches, in one."""
     _, _, num_blocks, block_size, num_heads, head_dim = kv_cache.shape
-    quantize = k_scale is not None and v_scale is not None and kv_cache.dtype == torch.float8_e4m3fn
+    quantize = k_scale is not None and v_scale is not None and kv_cache.dtype == FP8_KV_DTYPE
     if not quantize and (k.dtype != kv_cache.dtype or v.dtype != kv_cache.dtype):
         raise ValueError(
             f"k {k.dtype} / v {v.dtype} must be in the cache's dtype {kv_cache.dtype}, or come with k_scale and "

@@ -19,15 +19,25 @@ BLOCK = 1024
 
 
 @triton.jit
+def inverse_scale(scale_ptr):
+    """1 / scale, correctly rounded as torch's reciprocal is: what `ops.quant.fp8_quantize` multiplies by."""
+    return tl.math.div_rn(1.0, tl.load(scale_ptr))
+
+
+@triton.jit
+def to_e4m3(x, inv_scale):
+    """`ops.quant.fp8_quantize` of x given 1 / scale: the fp32 product, saturated to +-448, rounded to E4M3."""
+    return tl.minimum(tl.maximum(x.to(tl.float32) * inv_scale, -448.0), 448.0).to(tl.float8e4nv)
+
+
+@triton.jit
 def _fp8_quantize_rows_kernel(x_ptr, scale_ptr, y_ptr, M, K, stride_xm, BLOCK: tl.constexpr):
     row, pid_k = tl.program_id(0), tl.program_id(1)
     offs = pid_k * BLOCK + tl.arange(0, BLOCK)
     in_k = offs < K
-    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # correctly rounded, as torch's reciprocal
     real_row = (tl.zeros([BLOCK], dtype=tl.int32) + row) < M  # padding rows read nothing and store zeros
-    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs, mask=in_k & real_row, other=0.0).to(tl.float32)
-    q = tl.minimum(tl.maximum(x * inv_scale, -448.0), 448.0)
-    tl.store(y_ptr + row.to(tl.int64) * K + offs, q.to(tl.float8e4nv), mask=in_k)
+    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs, mask=in_k & real_row, other=0.0)
+    tl.store(y_ptr + row.to(tl.int64) * K + offs, to_e4m3(x, inverse_scale(scale_ptr)), mask=in_k)
 
 
 INTERPRETED: bool = is_interpreted(_fp8_quantize_rows_kernel)
