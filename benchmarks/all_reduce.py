@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -22,6 +21,7 @@ import torch.multiprocessing as mp
 
 from trtllm_compile.bench.measure import cuda_graph_us
 from trtllm_compile.parallel.collectives import c10d
+from trtllm_compile.parallel.launch import free_port
 from trtllm_compile.parallel.peer_all_reduce import PeerAllReduce
 
 SIZES_KIB = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -75,10 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.gpus < 2:
         raise SystemExit(f"needs two or more GPUs, this host has {torch.cuda.device_count()}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(args.gpus, port, args.out), nprocs=args.gpus)
+    mp.spawn(_rank_main, args=(args.gpus, free_port(), args.out), nprocs=args.gpus)
 
 
 if __name__ == "__main__":

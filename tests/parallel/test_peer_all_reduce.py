@@ -4,7 +4,6 @@ by threads), and the kernel itself against NCCL on two GPUs, eagerly and inside 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from tp_support import ThreadGroup, emulate_collectives, run_ranks, step_inputs
 from trtllm_compile.fx_utils import is_op
 from trtllm_compile.parallel.collectives import c10d
 from trtllm_compile.parallel.config import TensorParallelConfig
+from trtllm_compile.parallel.launch import free_port
 from trtllm_compile.parallel.peer_all_reduce import PeerAllReduce, all_reduce_dtypes, bind_peer_all_reduce, why_nccl
 from trtllm_compile.parallel.step_graph import build_sharded_step_graphs, place_constants
 from trtllm_compile.runtime.step_graph import build_step_graph
@@ -127,12 +127,9 @@ def _two_gpu_rank(rank: int, port: int, results) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_one_shot_all_reduce_matches_nccl_eagerly_and_in_cuda_graphs():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_two_gpu_rank, args=(port, results), nprocs=2)
+        mp.spawn(_two_gpu_rank, args=(free_port(), results), nprocs=2)
         checks = dict(results)
     # Two addends: the one-shot sum and NCCL's are the same rounding of a + b, so equal bits are expected.
     for rank in range(2):

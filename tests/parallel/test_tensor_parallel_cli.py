@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from trtllm_compile.cli import main
 from trtllm_compile.models import DEFAULT_MODEL_NAME
+from trtllm_compile.parallel.launch import free_port
 from trtllm_compile.runtime.llm import LLM
 from trtllm_compile.runtime.sampling import SamplingParams
 
@@ -36,19 +36,13 @@ def test_bench_measures_the_tensor_parallel_engine(tmp_path, capsys):
     assert "trtllm tp=2" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_answers_with_the_single_device_greedy_text(smollm2, tmp_path):
     model, tokenizer = smollm2
     engine = dict(max_batch_size=2, max_num_tokens=128, num_blocks=32)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     expected = LLM(model, tokenizer, **engine).generate(PROMPT, params)[0].text
 
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "trtllm_compile.cli", "serve", "--device", "cpu", "--tp", "2"]
     command += ["--port", str(port), "--max-batch-size", "2", "--max-num-tokens", "128", "--num-blocks", "32"]
     log_path = tmp_path / "serve.log"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 from support import generating_model, hf_greedy, random_prompts
 
+from trtllm_compile.parallel.launch import free_port, start_group
 from trtllm_compile.parallel.runner import pack_batch, unpack_batch
 from trtllm_compile.runtime.llm import LLM
 from trtllm_compile.runtime.model_runner import PendingTokens
@@ -90,8 +90,6 @@ def test_a_rank_that_fails_to_start_is_reported_not_waited_for():
 
 
 def test_more_ranks_than_gpus_names_the_fix_before_starting_any(monkeypatch):
-    from trtllm_compile.parallel.launch import start_group
-
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"tensor_parallel_size=2 needs 2 GPUs .* it has 1; use a smaller"):
         start_group(generating_model("llama"), 2, {}, device_type="cuda")
@@ -114,19 +112,13 @@ def test_a_batch_packs_into_one_tensor_and_back():
     assert unpack_batch(pack_batch(ScheduledBatch(sequences[:2])))[1] == [-1, -1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_launch_gives_the_same_tokens():
     prompts = random_prompts((5, 3))
     expected = [hf_greedy(generating_model("qwen2"), p, MAX_NEW) for p in prompts]
     here = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here.parents[1])])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--master-port", str(_free_port()), str(here / "torchrun_generate.py")]
+    command += ["--master-port", str(free_port()), str(here / "torchrun_generate.py")]
     command += ["qwen2", json.dumps(prompts), str(MAX_NEW)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -51,7 +51,8 @@ def launched_externally() -> bool:
     return dist.is_initialized() or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A localhost TCP port nobody listens on now (for a rendezvous or a server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -241,7 +242,7 @@ def start_group(
             leave_group(runner, info)
             raise SystemExit(0)
         return TensorParallelGroup(runner, info, [])
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
+    init_method = f"tcp://127.0.0.1:{free_port()}"
     context = mp.get_context("spawn")
     queue, processes = context.SimpleQueue(), []
     for rank in range(1, world_size):
