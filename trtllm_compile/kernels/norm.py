@@ -19,6 +19,35 @@ _CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 1, 2, 8, 16)]
 
 
 @triton.jit
+def _normalize_row(x, cols, mask, w_ptr, out_ptr, N, eps, x_dtype: tl.constexpr, UNIT_OFFSET: tl.constexpr):
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+    normed = x * rstd
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if UNIT_OFFSET:
+        y = normed * (1.0 + w)
+    else:
+        y = normed.to(x_dtype).to(tl.float32) * w
+    tl.store(out_ptr + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rms_norm_row(
+    x, cols, mask, res_ptr, sum_ptr, w_ptr, out_ptr, N, eps,
+    x_dtype: tl.constexpr, HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr,
+):  # fmt: skip
+    """Normalize one row, given as fp32 values `x` of dtype `x_dtype`; the pointers are this row's. With
+    HAS_RESIDUAL the residual row is added first and the sum, rounded to sum_ptr's dtype, stored and normalized.
+    Shared with the all-reduce kernel that ends in this norm (kernels/all_reduce.py)."""
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        summed = (x + r).to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + cols, summed, mask=mask)
+        _normalize_row(summed.to(tl.float32), cols, mask, w_ptr, out_ptr, N, eps, sum_ptr.dtype.element_ty, UNIT_OFFSET)
+    else:
+        _normalize_row(x, cols, mask, w_ptr, out_ptr, N, eps, x_dtype, UNIT_OFFSET)
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr,
     res_ptr,
@@ -39,29 +68,18 @@ def _rms_norm_kernel(
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-        summed = (x + r).to(sum_ptr.dtype.element_ty)
-        tl.store(sum_ptr + row * stride_s + cols, summed, mask=mask)
-        x = summed.to(tl.float32)
-        x_dtype = sum_ptr.dtype.element_ty
-    else:
-        x_dtype = x_ptr.dtype.element_ty
-    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
-    normed = x * rstd
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    if UNIT_OFFSET:
-        y = normed * (1.0 + w)
-    else:
-        y = normed.to(x_dtype).to(tl.float32) * w
-    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    rms_norm_row(
+        x, cols, mask, res_ptr + row * stride_r, sum_ptr + row * stride_s, w_ptr, out_ptr + row * stride_o,
+        N, eps, x_ptr.dtype.element_ty, HAS_RESIDUAL, UNIT_OFFSET,
+    )  # fmt: skip
 
 
 _rms_norm_tuned = autotune(_CONFIGS, key=["BLOCK_N"])(_rms_norm_kernel)
 INTERPRETED: bool = is_interpreted(_rms_norm_kernel)
 
 
-def _out_dtype(x_dtype: torch.dtype, weight: Tensor, unit_offset: bool) -> torch.dtype:
+def normed_dtype(x_dtype: torch.dtype, weight: Tensor, unit_offset: bool) -> torch.dtype:
+    """The norm's output dtype, as `ops.norm.rms_norm_reference` gives it."""
     return x_dtype if unit_offset else torch.promote_types(x_dtype, weight.dtype)
 
 
@@ -91,7 +109,7 @@ def _launch(x2, res2, weight, out2, sum2, eps: float, unit_offset: bool) -> None
 def rms_norm(x: Tensor, weight: Tensor, eps: float, unit_offset: bool = False) -> Tensor:
     """RMSNorm over the last dim of `x` (any leading shape; the last dim must match `weight`)."""
     x2, weight = rows_view(x), weight.contiguous()
-    out = torch.empty(x.shape, dtype=_out_dtype(x.dtype, weight, unit_offset), device=x.device)
+    out = torch.empty(x.shape, dtype=normed_dtype(x.dtype, weight, unit_offset), device=x.device)
     _launch(x2, None, weight, out.view(-1, x.shape[-1]), None, eps, unit_offset)
     return out
 
@@ -105,6 +123,6 @@ def add_rms_norm(
     weight = weight.contiguous()
     sum_dtype = torch.promote_types(x.dtype, residual.dtype)
     summed = torch.empty(shape, dtype=sum_dtype, device=x.device)
-    out = torch.empty(shape, dtype=_out_dtype(sum_dtype, weight, unit_offset), device=x.device)
+    out = torch.empty(shape, dtype=normed_dtype(sum_dtype, weight, unit_offset), device=x.device)
     _launch(x2, res2, weight, out.view(-1, shape[-1]), summed.view(-1, shape[-1]), eps, unit_offset)
     return out, summed
