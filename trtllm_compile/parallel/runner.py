@@ -25,9 +25,9 @@ import torch.distributed as dist
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.parallel.config import TensorParallelConfig
 from trtllm_compile.parallel.peer_all_reduce import (
-    ONE_SHOT_MAX_BYTES,
     PeerAllReduce,
     all_reduce_dtypes,
+    all_reduce_row_width,
     bind_peer_all_reduce,
     rendezvous_made,
     why_nccl,
@@ -106,13 +106,17 @@ class TensorParallelRunner(ModelRunner):
             logger.warning("all-reduces on NCCL: %s", reason)
             return None
         try:
-            reducer = PeerAllReduce(self.tp.group_name, self.device, dtypes.pop())
+            reducer = PeerAllReduce(self.tp.group_name, self.device, dtypes.pop(), all_reduce_row_width(gm))
         except RuntimeError as error:  # GPUs without peer access, or torch built without symmetric memory
             logger.warning("all-reduces on NCCL: no symmetric memory between the GPUs (%s)", error)
             return None
-        bound = bind_peer_all_reduce(gm, reducer)
+        bound, fused = bind_peer_all_reduce(gm, reducer)
         logger.info(
-            "%d all-reduces: up to %d KiB over peer memory (one-shot), above on NCCL", bound, ONE_SHOT_MAX_BYTES >> 10
+            "%d all-reduces (%d with the residual add + RMSNorm after them in the same kernel): up to %d rows over "
+            "peer memory (one-shot), more on NCCL",
+            bound,
+            fused,
+            reducer.rows.max_rows,
         )
         return reducer
 
