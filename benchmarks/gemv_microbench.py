@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from trtllm_compile.bench.measure import gpu_us
-from trtllm_compile.kernels import gemv
+from trtllm_compile.kernels import gemv, tuning
 
 L2_FLUSH_BYTES = 256 << 20
 SHAPES = {  # Llama-2-7B, bf16: name -> (N, K) of the weight
@@ -57,12 +57,12 @@ def bench_shape(name: str, m: int, dtype: torch.dtype) -> dict:
     ours = gpu_us(gemv.linear, arg_sets)
     # Eager, L2 flushed (triton's do_bench): launch gaps included.
     cublas_eager = do_bench(lambda: F.linear(x, w), return_mode="median") * 1e3
-    key = (gemv.row_bucket(m), n, k, dtype, x.device)
-    plan = gemv._plans.get(key)
+    key = (gemv.row_bucket(m), n, k, dtype, w.dtype, x.device)  # as gemv.plan_for keys its plans
+    plan = tuning.plans.get(key)
     return dict(
         shape=name, m=m, n=n, k=k, bytes=nbytes, cublas_us=cublas, ours_us=ours, plan=str(plan),
         cublas_eager_us=cublas_eager,
-        tuning_ms={p: t for p, t in gemv.tuning_log.get(key, {}).items()},
+        tuning_ms={p: t for p, t in tuning.tuning_log.get(key, {}).items()},
     )  # fmt: skip
 
 

@@ -5,13 +5,16 @@
 One decoder layer runs four GEMMs against a [rows, K] activation: fused Q/K/V 4096 -> 12288, o_proj 4096 -> 4096,
 fused gate/up 4096 -> 22016, down_proj 11008 -> 4096 (random weights; the timing does not depend on values).
 "us/layer" is the median GPU time of those four GEMMs, replayed from a CUDA graph over `--layers` distinct
-layers so weights stream from HBM (not L2) and Python launch cost is excluded. "GB/s" counts the weight bytes
-(and scales) each layer must read once; "x bf16" is the speedup over `x @ w.t()` in bf16; "decode tok/s" is
-what 32 such layers alone would allow at batch 1 (the GEMM ceiling of a whole decode step).
+layers so weights stream from HBM (not L2) and Python launch cost is excluded. "TB/s" counts the weight bytes
+each layer must read once, as stored (INT4: the packed codes, half a byte a weight, with their scales and zero
+points); "x bf16" is the speedup over `x @ w.t()` in bf16; "decode tok/s" is what 32 such layers alone would
+allow at batch 1 (the GEMM ceiling of a whole decode step).
 
 Formats: bf16; fp8 (E4M3 weights, per-channel scales, static per-tensor or dynamic per-token activations,
-torch._scaled_mm); int8 (SmoothQuant W8A8, per-token activations, torch._int_mm); int4 (AWQ weight-only,
-group 128 with zero points, tinygemm's _weight_int4pack_mm).
+torch._scaled_mm); int8 (SmoothQuant W8A8, per-token activations, torch._int_mm); int4 (AWQ weight-only, group
+128 with zero points): `trtllm::int4_linear`, the Triton kernels of kernels/int4_gemv.py tuned per shape on
+the first call (the plans they chose are printed under each table), and tinygemm's `_weight_int4pack_mm`
+(`ops.quant.int4_linear_tinygemm`, torch's INT4 kernel) for comparison.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import argparse
 import torch
 
 from trtllm_compile.bench.measure import cuda_graph_us
-from trtllm_compile.ops import quant  # noqa: F401  (registers the torch.ops.trtllm quantized GEMMs)
+from trtllm_compile.ops import quant
 from trtllm_compile.quantization import QuantConfig
 from trtllm_compile.quantization.formats import quantize_weight
 
@@ -33,10 +36,12 @@ FORMATS = {
     "fp8 dynamic": QuantConfig.from_name("fp8", activations="dynamic"),
     "int8 dynamic": QuantConfig.from_name("int8_sq"),
     "int4 g128": QuantConfig.from_name("int4_awq"),
+    "int4 tinygemm": QuantConfig.from_name("int4_awq"),
 }
+INT4_GEMMS = {"int4 g128": torch.ops.trtllm.int4_linear, "int4 tinygemm": quant.int4_linear_tinygemm}
 
 
-def _layer(config: QuantConfig | None, generator: torch.Generator) -> dict:
+def _layer(label: str, config: QuantConfig | None, generator: torch.Generator) -> dict:
     """One layer's weights in a format: {gemm name: (callable(x) -> y, bytes read)}."""
     gemms = {}
     for name, (k, n) in SHAPES.items():
@@ -50,7 +55,7 @@ def _layer(config: QuantConfig | None, generator: torch.Generator) -> dict:
         nbytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         if q.op == "int4_linear":
             args = (weight, scale, zeros, q.group_size)
-            gemms[name] = (lambda x, a=args: torch.ops.trtllm.int4_linear(x, *a, None), nbytes)
+            gemms[name] = (lambda x, a=args, gemm=INT4_GEMMS[label]: gemm(x, *a, None), nbytes)
         else:
             op = getattr(torch.ops.trtllm, q.op)
             gemms[name] = (lambda x, op=op, a=(weight, scale, input_scale): op(x, *a, None), nbytes)
@@ -66,8 +71,18 @@ def time_layers(layers: list[dict], rows: int, repeats: int = 20) -> float:
             for name, (k, _) in SHAPES.items():
                 layer[name][0](inputs[k])
 
-    # cuda_graph_us runs step once eagerly: int4 weights convert for tinygemm and cuBLASLt warms up, uncaptured.
+    # cuda_graph_us runs step once eagerly, uncaptured: the INT4 kernels tune their plans, int4 weights convert for
+    # tinygemm and cuBLASLt warms up.
     return cuda_graph_us(step, len(layers), repeats)
+
+
+def _int4_plans(rows: int) -> list[str]:
+    """The plans the INT4 kernels' tuner chose for each GEMM at this row count (kernels/int4_gemv.py)."""
+    from trtllm_compile.kernels import gemv, tuning
+
+    names = {(n, k): name for name, (k, n) in SHAPES.items()}
+    chosen = [(key, plan) for key, plan in tuning.plans.items() if "int4" in key and key[0] == gemv.row_bucket(rows)]
+    return [f"  {names.get(key[1:3], key[1:3])}: {plan}" for key, plan in chosen]
 
 
 def main() -> None:
@@ -78,22 +93,23 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; Llama-2-7B layer GEMMs {SHAPES}")
     for rows in args.rows:
         print(f"\nrows (batch) = {rows}")
-        print(f"{'format':<14}{'us/layer':>10}{'GB/s':>9}{'x bf16':>8}{'decode tok/s':>14}")
+        print(f"{'format':<14}{'us/layer':>10}{'TB/s':>7}{'x bf16':>8}{'decode tok/s':>14}")
         baseline = None
         for label, config in FORMATS.items():
             generator = torch.Generator().manual_seed(0)
             try:
-                layers = [_layer(config, generator) for _ in range(args.layers)]
+                layers = [_layer(label, config, generator) for _ in range(args.layers)]
                 us = time_layers(layers, rows)
-            except RuntimeError as error:  # a GPU or torch build without the kernel: say so, keep going
+            except (RuntimeError, ValueError) as error:  # a GPU or torch build without the kernel: say so
                 print(f"{label:<14}  unavailable: {str(error).splitlines()[0]}")
                 continue
             nbytes = sum(b for _, b in layers[0].values())
             baseline = baseline or us
             tok_s = 1e6 / (us * DECODE_LAYERS)
-            print(f"{label:<14}{us:>10.1f}{nbytes / us / 1e3:>9.0f}{baseline / us:>8.2f}{tok_s:>14.0f}")
+            print(f"{label:<14}{us:>10.1f}{nbytes / us / 1e6:>7.2f}{baseline / us:>8.2f}{tok_s:>14.0f}")
             del layers
             torch.cuda.empty_cache()
+        print("int4 g128 plans (kernels/int4_gemv.py):", *_int4_plans(rows), sep="\n")
 
 
 if __name__ == "__main__":

@@ -92,12 +92,12 @@ def test_linear_interpreted_falls_back_to_f_linear(interpreted):
 
 def test_tuner_times_plans_in_cuda_graphs_and_falls_back_to_eager(interpreted, monkeypatch):
     gemv = interpreted("gemv")
+    from trtllm_compile.kernels import tuning
+
     plans, ran = gemv.CANDIDATES[1], []
-    monkeypatch.setattr(gemv, "_launch", lambda x2, weight, bias, y2, plan, fp8: ran.append(plan))
-    monkeypatch.setattr(gemv, "tuning_log", {})
-    x, weight, _ = _inputs(1, 8, 64, torch.bfloat16, "cpu")
-    key = (1, 8, 64, torch.bfloat16, torch.bfloat16, x.device)
-    args = (key, x, weight, None, torch.empty(1, 8, dtype=torch.bfloat16))
+    monkeypatch.setattr(tuning, "tuning_log", {})
+    key = (1, 8, 64, torch.bfloat16, torch.bfloat16, torch.device("cpu"))
+    args = (key, ran.append, plans)  # "launching" a plan records it
 
     def graph_ms(fn, device):
         fn()
@@ -105,10 +105,10 @@ def test_tuner_times_plans_in_cuda_graphs_and_falls_back_to_eager(interpreted, m
             raise RuntimeError("this plan cannot be captured")  # skipped, although it would be fastest
         return 1.0 if ran[-1] == plans[2] else 2.0
 
-    monkeypatch.setattr(gemv, "_graph_ms", graph_ms)
-    monkeypatch.setattr(gemv, "_bench_ms", lambda fn: pytest.fail("eager timing while CUDA graphs work"))
-    assert gemv._tune(*args) == plans[2]
-    assert len(gemv.tuning_log[args[0]]) == len(plans) - 1
+    monkeypatch.setattr(tuning, "_graph_ms", graph_ms)
+    monkeypatch.setattr(tuning, "_bench_ms", lambda fn: pytest.fail("eager timing while CUDA graphs work"))
+    assert tuning._tune(*args) == plans[2]
+    assert len(tuning.tuning_log[args[0]]) == len(plans) - 1
 
     def no_graphs(fn, device):
         raise RuntimeError("CUDA graphs unavailable")
@@ -117,9 +117,9 @@ def test_tuner_times_plans_in_cuda_graphs_and_falls_back_to_eager(interpreted, m
         fn()
         return 0.5 if ran[-1] == plans[1] else 1.0
 
-    monkeypatch.setattr(gemv, "_graph_ms", no_graphs)
-    monkeypatch.setattr(gemv, "_bench_ms", bench_ms)
-    assert gemv._tune(*args) == plans[1]
+    monkeypatch.setattr(tuning, "_graph_ms", no_graphs)
+    monkeypatch.setattr(tuning, "_bench_ms", bench_ms)
+    assert tuning._tune(*args) == plans[1]
 
 
 # ---------------------------------------------------------------- GPU: Llama-2-7B shapes
@@ -184,11 +184,13 @@ def test_gemv_gpu_bias_and_strided_rows(gemv_gpu, assert_matches, plan, dtype):
 
 @pytest.mark.gpu
 def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matches, monkeypatch):
+    from trtllm_compile.kernels import tuning
+
     monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
     n, k = LLAMA_2_7B["o"]
     x, weight, _ = _inputs(2, n, k, torch.bfloat16, "cuda")
     gemv_gpu.linear(x, weight)  # tunes (and caches) the plan of the 2-row bucket outside the capture
-    assert (2, n, k, torch.bfloat16, torch.bfloat16, x.device) in gemv_gpu._plans
+    assert (2, n, k, torch.bfloat16, torch.bfloat16, x.device) in tuning.plans
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = gemv_gpu.linear(x, weight)

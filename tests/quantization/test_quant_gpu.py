@@ -1,4 +1,5 @@
-"""The CUDA fast paths of the quantized ops (torch._scaled_mm, torch._int_mm, tinygemm) against the references.
+"""The CUDA fast paths of the quantized ops (torch._scaled_mm, torch._int_mm, the INT4 Triton kernels) against the
+references, and tinygemm (the INT4 benchmark's comparison).
 
 Each test first computes the reference on the same CUDA tensors, then makes the reference raise, so the op
 must have taken its fast path (a silent fallback would fail the test instead of passing it trivially).
@@ -68,7 +69,7 @@ def test_int8_linear_int_mm(monkeypatch, m, static):
 @pytest.mark.parametrize("zero_point", [True, False], ids=["asymmetric", "symmetric"])
 @pytest.mark.parametrize("group_size", [64, 128])
 @pytest.mark.parametrize("m", ROWS)
-def test_int4_linear_tinygemm(monkeypatch, m, group_size, zero_point):
+def test_int4_linear_triton(monkeypatch, m, group_size, zero_point):
     x, w, bias = _operands(m, 1024, 512, torch.bfloat16)
     codes, scales, zeros = int4_codes(w, group_size, zero_point)
     packed = quant.pack_int4(codes)
@@ -76,14 +77,34 @@ def test_int4_linear_tinygemm(monkeypatch, m, group_size, zero_point):
     _forbid(monkeypatch, "int4_linear_reference")
     actual = ops.int4_linear(x, packed, scales, zeros, group_size, bias)
     assert rel_err(actual, expected) <= GPU_RTOL["int4"]
+    assert torch.equal(ops.int4_linear(x, packed, scales, zeros, group_size, bias), actual)  # deterministic
+
+
+@pytest.mark.parametrize("zero_point", [True, False], ids=["asymmetric", "symmetric"])
+@pytest.mark.parametrize("m", [1, 16, 33])
+def test_int4_linear_tinygemm(m, zero_point):
+    """tinygemm, the comparison of benchmarks/quant_decode.py, computes the same GEMM (its scales in bf16)."""
+    x, w, bias = _operands(m, 1024, 512, torch.bfloat16)
+    codes, scales, zeros = int4_codes(w, 128, zero_point)
+    packed = quant.pack_int4(codes)
+    actual = quant.int4_linear_tinygemm(x, packed, scales, zeros, 128, bias)
+    assert rel_err(actual, quant.int4_linear_reference(x, packed, scales, zeros, 128, bias)) <= GPU_RTOL["int4"]
     assert id(packed) in quant._tinygemm_cache  # converted once, reused by the next call
-    assert torch.equal(ops.int4_linear(x, packed, scales, zeros, group_size, bias), actual)
+    assert torch.equal(quant.int4_linear_tinygemm(x, packed, scales, zeros, 128, bias), actual)
 
 
-def test_int4_linear_falls_back_where_tinygemm_cannot_run():
-    """SmolLM2's K = 576 is no multiple of 128 (tinygemm's tile): the reference runs instead, on the GPU."""
+def test_int4_linear_runs_smollm2_shapes_and_falls_back_where_the_kernels_cannot(monkeypatch):
+    """SmolLM2's K = 576 (no multiple of tinygemm's 128) runs the Triton kernels; K = 100 (no whole int32 words of
+    codes) runs the reference, on the GPU."""
     x, w, bias = _operands(4, 576, 256, torch.bfloat16)
     codes, scales, zeros = int4_codes(w, 128, True)
     packed = quant.pack_int4(codes)
-    actual = ops.int4_linear(x, packed, scales, zeros, 128, bias)
-    assert torch.equal(actual, quant.int4_linear_reference(x, packed, scales, zeros, 128, bias))
+    expected = quant.int4_linear_reference(x, packed, scales, zeros, 128, bias)
+    with monkeypatch.context() as patch:
+        _forbid(patch, "int4_linear_reference")
+        assert rel_err(ops.int4_linear(x, packed, scales, zeros, 128, bias), expected) <= GPU_RTOL["int4"]
+    x, w, bias = _operands(4, 100, 256, torch.bfloat16)
+    codes, scales, zeros = int4_codes(w, 32, True)
+    packed = quant.pack_int4(codes)
+    actual = ops.int4_linear(x, packed, scales, zeros, 32, bias)
+    assert torch.equal(actual, quant.int4_linear_reference(x, packed, scales, zeros, 32, bias))

@@ -15,19 +15,18 @@ be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows. On the fma path eve
 on CUDA cores (conversion throughput, not bandwidth, bounds it: 2.2 TB/s on an H100); on the dot path the FP8
 tensor cores take the E4M3 tiles as they are.
 
+INT4 weight-only weights (`Int4Weights`, used by kernels/int4_gemv.py): the W tiles are loaded as int32 words of
+eight 4-bit codes and dequantized in registers (`int4_codes`); the dot path also takes more than 16 rows
+(`Plan.block_m`), a GEMM that dequantizes each W tile into the tensor cores.
+
 With split-K the programs write fp32 partials and a second kernel sums them (in a fixed order, so results are
 deterministic), adds the bias and casts. A plan (path, tile, split, warps, stages) is timed per
-(M bucket, N, K, dtype) on first use, with cuBLAS as one more candidate so a shape where it streams faster
-keeps it. This module has its own small tuner instead of the shared `autotune` helper because a plan spans
-two kernels and three paths, and the launcher must know the split to size the workspace. Nothing here syncs
-the host once a plan is cached, so calls are CUDA-graph capturable.
+(M bucket, N, K, dtype) on first use (kernels/tuning.py), with cuBLAS as one more candidate so a shape where it
+streams faster keeps it. Nothing here syncs the host once a plan is cached, so calls are CUDA-graph capturable.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import statistics
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,14 +38,12 @@ from torch import Tensor
 
 from trtllm_compile.kernels import is_interpreted, rows_view
 from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
-
-logger = logging.getLogger(__name__)
+from trtllm_compile.kernels.tuning import cached_plan
 
 MAX_ROWS = 16  # above this a GEMM has enough rows to be compute-bound: cuBLAS runs it
 # Hopper's FP8 MMA accumulates in fewer bits than fp32; the dot path adds its sums into fp32 every this many
 # products (as cuBLASLt does unless fast accumulation is on)
 FP8_PROMOTE_EVERY: tl.constexpr = tl.constexpr(128)
-_L2_SWEEP_BYTES = 256 << 20  # larger than any GPU's L2: read before each timed run of a plan
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -65,16 +62,61 @@ def _write(out, offs_m, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS: tl.
 
 @triton.jit
 def _load_k(ptrs, k_ok, MASKED: tl.constexpr, EVICT: tl.constexpr):
-    """A W tile ([BLOCK_N, BLOCK_K], EVICT: streamed once) or an x row ([BLOCK_K]) in fp32, zeros where not k_ok."""
+    """A W tile ([BLOCK_N, BLOCK_K] values, or INT4 words) or an x row ([BLOCK_K]) as stored, zeros where not
+    k_ok; EVICT is "evict_first" for what is streamed once, else ""."""
     if MASKED:
         if len(ptrs.shape) == 2:
             k_ok = k_ok[None, :]
-        if EVICT:
-            return tl.load(ptrs, mask=k_ok, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        return tl.load(ptrs, mask=k_ok, other=0.0).to(tl.float32)
-    if EVICT:
-        return tl.load(ptrs, eviction_policy="evict_first").to(tl.float32)
-    return tl.load(ptrs).to(tl.float32)
+        return tl.load(ptrs, mask=k_ok, other=0.0, eviction_policy=EVICT)
+    return tl.load(ptrs, eviction_policy=EVICT)
+
+
+@triton.jit
+def int4_codes(words, zero):
+    """[R, W] int32 words of eight 4-bit codes (code j in bits 4j..4j+3: `ops.quant.pack_int4`'s bytes read as
+    little-endian int32) -> [R, 8W] fp32 code - zero in K order, exact; `zero` is [R, 1] or a scalar.
+
+    Three interleaves repeat each word eight times in the thread that loaded it, and each copy is shifted to
+    its code. The code becomes a float without an int -> float conversion (a quarter-rate instruction): OR-ed
+    into the mantissa of 2^23 (0x4B000000) it is the float 2^23 + code, and one subtraction of 2^23 + zero
+    leaves code - zero (exact, zero points being integers): a shift, a LOP3 and an FADD per weight."""
+    words = tl.interleave(words, words)
+    words = tl.interleave(words, words)
+    words = tl.interleave(words, words)
+    shifts = (tl.arange(0, words.shape[1]) % 8) * 4
+    magic = ((words >> shifts[None, :]) & 0xF) | 0x4B000000
+    return magic.to(tl.float32, bitcast=True) - (8388608.0 + zero)
+
+
+@triton.jit
+def w_tile(
+    w_ptrs, k, k_hi, rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
+    MASKED: tl.constexpr, EVICT: tl.constexpr, BLOCK_K: tl.constexpr,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+):  # fmt: skip
+    """The W tile at K offset k as stored ([BLOCK_N, BLOCK_K], or with INT4 [BLOCK_N, BLOCK_K / 8] words) with
+    its INT4 group's scales [BLOCK_N] and zero points [BLOCK_N, 1] (a tile lies in one group); with MASKED,
+    what lies from k_hi on is not read. Without INT4 the scale is 1.0 and the zero point unused."""
+    if INT4:
+        w = _load_k(w_ptrs, (k // 8 + tl.arange(0, BLOCK_K // 8)) < k_hi // 8, MASKED, EVICT)
+        # Clamped: the fma path's prefetch asks for the tile at k_hi, past the last group of the last row.
+        group = rows_w * stride_w_scale + tl.minimum(k, k_hi - 1) // GROUP_SIZE
+        zero = 8.0  # the symmetric zero point
+        if HAS_ZEROS:
+            zero = tl.load(w_zero_ptr + group).to(tl.float32)[:, None]
+        scale = tl.load(w_scale_ptr + group).to(tl.float32)
+    else:
+        w = _load_k(w_ptrs, (k + tl.arange(0, BLOCK_K)) < k_hi, MASKED, EVICT)
+        scale, zero = 1.0, 0.0
+    return w, scale, zero
+
+
+@triton.jit
+def _w_values(w, zero, INT4: tl.constexpr):
+    """A tile of `_fma_tile` in fp32: with INT4 its codes minus zero points (`int4_codes`)."""
+    if INT4:
+        w = int4_codes(w, zero)
+    return w
 
 
 @triton.jit
@@ -89,24 +131,46 @@ def _fp8_round(x, inv_scale, FP8_X: tl.constexpr):
 @triton.jit
 def _fma_tile(
     w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale,
+    rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
     MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):  # fmt: skip
-    """The W tile at K offset k and up to four x rows over it, in fp32; with MASKED, zeros from k_hi on."""
+    """The W tile at K offset k with its INT4 scales and zero points (`w_tile`), and up to four x rows over it, in
+    fp32 but for INT4 words (converted where used, `_w_values`: 8x the registers); with MASKED, zeros from k_hi
+    on. FP8 and half tiles convert from the registers they are loaded in (carried as bytes, FP8 tiles cost a
+    third more instructions to unpack)."""
+    w, scale, zero = w_tile(
+        w_ptrs, k, k_hi, rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
+        MASKED, "evict_first", BLOCK_K, INT4, HAS_ZEROS, GROUP_SIZE,
+    )  # fmt: skip
+    if not INT4:
+        w = w.to(tl.float32)
     k_ok = (k + tl.arange(0, BLOCK_K)) < k_hi
-    w = _load_k(w_ptrs, k_ok, MASKED, True)
-    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
+    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
     x1, x2, x3 = x0, x0, x0
     if BLOCK_M > 1:
-        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
+        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
     if BLOCK_M > 2:
-        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
-        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, False), x_inv_scale, FP8_X)
-    return w, x0, x1, x2, x3
+        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
+        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
+    return w, scale, zero, x0, x1, x2, x3
+
+
+@triton.jit
+def _fma(acc, w, x, scale, INT4: tl.constexpr):
+    """acc + w * x for a [BLOCK_N, BLOCK_K] W tile and an x row; with INT4 (w: codes minus zero points), one
+    accumulator per word of eight codes, its products summed in the thread before the group scale multiplies
+    them once: acc + scale * (sum over each word of w * x)."""
+    if INT4:
+        words = tl.sum(tl.reshape(w * x[None, :], (w.shape[0], w.shape[1] // 8, 8)), axis=2)
+        return acc + words * scale[:, None]
+    else:  # noqa: RET505
+        return acc + w * x[None, :]
 
 
 @triton.jit
 def _scaled_sum(acc, x_scale, w_scale, SCALED: tl.constexpr):
-    """One x row's [1, BLOCK_N] result from its [BLOCK_N, BLOCK_K] accumulator (scaled in the references' order)."""
+    """One x row's [1, BLOCK_N] result from its [BLOCK_N, *] accumulator (scaled in the references' order)."""
     out = tl.sum(acc, axis=1)
     if SCALED:
         out = out * x_scale * w_scale
@@ -116,21 +180,24 @@ def _scaled_sum(acc, x_scale, w_scale, SCALED: tl.constexpr):
 @triton.jit
 def _gemv_fma_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
-    x_scale_ptr, w_scale_ptr, stride_w_scale,
+    x_scale_ptr, w_scale_ptr, stride_w_scale, w_zero_ptr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):  # fmt: skip
     # One [BLOCK_N, BLOCK_K] fp32 accumulator per x row (BLOCK_M <= 4), reduced over K once at the end. The x
     # rows are 1-D loads whose layout is the W tile's column slice when BLOCK_K = 256 * num_warps (8 elements
     # a thread, all warps along K): no shared-memory layout conversion in the loop. With FP8_X (an FP8 E4M3 W,
     # a static per-tensor x scale) x is quantized as it is loaded and the sums scaled by x_scale * w_scale[n].
+    # With INT4 a tile row is BLOCK_K / 8 int32 words, and each x row keeps one accumulator per word.
+    W_COLS: tl.constexpr = BLOCK_K // 8 if INT4 else BLOCK_K  # W values a tile row loads
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)  # rows past N re-read row N - 1, never stored
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo + offs_k)[None, :]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo // (BLOCK_K // W_COLS) + tl.arange(0, W_COLS))[None, :]
     x0_ptrs = x_ptr + k_lo + offs_k
     x1_ptrs = x0_ptrs + tl.minimum(1, M - 1) * stride_xm  # rows past M re-read row M - 1, never stored
     x2_ptrs = x0_ptrs + tl.minimum(2, M - 1) * stride_xm
@@ -139,41 +206,46 @@ def _gemv_fma_kernel(
     if FP8_X:
         x_scale = tl.load(x_scale_ptr)
         x_inv_scale = inverse_scale(x_scale_ptr)
-    acc0 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    q = (rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale)
+    acc0 = tl.zeros([BLOCK_N, W_COLS], dtype=tl.float32)
     acc1, acc2, acc3 = acc0, acc0, acc0
     if PREFETCH:  # register double-buffering: the next tile's loads are in flight during this tile's FMAs
-        w, x0, x1, x2, x3 = _fma_tile(
-            w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, x_inv_scale, True, BLOCK_M, BLOCK_K, FP8_X
-        )
+        w, scale, zero, x0, x1, x2, x3 = _fma_tile(
+            w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, x_inv_scale, *q,
+            True, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE,
+        )  # fmt: skip
         for k in range(k_lo, k_hi, BLOCK_K):
-            w_cur, a0, a1, a2, a3 = w, x0, x1, x2, x3
-            w_ptrs += BLOCK_K
+            w_cur, s_cur, z_cur, a0, a1, a2, a3 = w, scale, zero, x0, x1, x2, x3
+            w_ptrs += W_COLS
             x0_ptrs += BLOCK_K
             x1_ptrs += BLOCK_K
             x2_ptrs += BLOCK_K
             x3_ptrs += BLOCK_K
-            next_k = k + BLOCK_K
-            w, x0, x1, x2, x3 = _fma_tile(
-                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, next_k, k_hi, x_inv_scale, True, BLOCK_M, BLOCK_K, FP8_X
-            )
-            acc0 += w_cur * a0[None, :]
+            w, scale, zero, x0, x1, x2, x3 = _fma_tile(
+                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k + BLOCK_K, k_hi, x_inv_scale, *q,
+                True, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE,
+            )  # fmt: skip
+            w_cur = _w_values(w_cur, z_cur, INT4)
+            acc0 = _fma(acc0, w_cur, a0, s_cur, INT4)
             if BLOCK_M > 1:
-                acc1 += w_cur * a1[None, :]
+                acc1 = _fma(acc1, w_cur, a1, s_cur, INT4)
             if BLOCK_M > 2:
-                acc2 += w_cur * a2[None, :]
-                acc3 += w_cur * a3[None, :]
+                acc2 = _fma(acc2, w_cur, a2, s_cur, INT4)
+                acc3 = _fma(acc3, w_cur, a3, s_cur, INT4)
     else:
         for k in range(k_lo, k_hi, BLOCK_K):
-            w, x0, x1, x2, x3 = _fma_tile(
-                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale, not EVEN_K, BLOCK_M, BLOCK_K, FP8_X
-            )
-            acc0 += w * x0[None, :]
+            w, scale, zero, x0, x1, x2, x3 = _fma_tile(
+                w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale, *q,
+                not EVEN_K, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE,
+            )  # fmt: skip
+            w = _w_values(w, zero, INT4)
+            acc0 = _fma(acc0, w, x0, scale, INT4)
             if BLOCK_M > 1:
-                acc1 += w * x1[None, :]
+                acc1 = _fma(acc1, w, x1, scale, INT4)
             if BLOCK_M > 2:
-                acc2 += w * x2[None, :]
-                acc3 += w * x3[None, :]
-            w_ptrs += BLOCK_K
+                acc2 = _fma(acc2, w, x2, scale, INT4)
+                acc3 = _fma(acc3, w, x3, scale, INT4)
+            w_ptrs += W_COLS
             x0_ptrs += BLOCK_K
             x1_ptrs += BLOCK_K
             x2_ptrs += BLOCK_K
@@ -196,45 +268,64 @@ def _gemv_fma_kernel(
 
 
 @triton.jit
+def _mma(w, x, acc, UPCAST: tl.constexpr, FP8_X: tl.constexpr):
+    """acc + w @ x on the tensor cores."""
+    if UPCAST:  # Triton's interpreter multiplies bf16 dot operands as raw bits; fp32 products are exact
+        acc = tl.dot(w.to(tl.float32), x.to(tl.float32), acc)
+    elif FP8_X:
+        acc = tl.dot(w, x, acc, max_num_imprecise_acc=FP8_PROMOTE_EVERY)
+    else:
+        acc = tl.dot(w, x, acc)
+    return acc
+
+
+@triton.jit
 def _gemv_dot_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
-    x_scale_ptr, w_scale_ptr, stride_w_scale,
+    x_scale_ptr, w_scale_ptr, stride_w_scale, w_zero_ptr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr, W_EVICT: tl.constexpr,
 ):  # fmt: skip
     # With FP8_X (an FP8 E4M3 W, a static per-tensor x scale) x^T tiles are quantized to E4M3 as they are loaded,
-    # the FP8 tensor cores multiply them with the W tiles, and the sums are scaled by x_scale * w_scale[n].
-    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
+    # the FP8 tensor cores multiply them with the W tiles, and the sums are scaled by x_scale * w_scale[n]. With
+    # INT4 the codes minus zero points (exact in x's dtype) meet x on the tensor cores and each tile's sums are
+    # scaled by its group's scales; with more x rows than a tile has K (a GEMM) the weights are scaled instead.
+    # Programs are numbered M block first, so those that read the same W tiles run together and find them in L2.
+    W_COLS: tl.constexpr = BLOCK_K // 8 if INT4 else BLOCK_K  # W values a tile row loads
+    m_blocks = tl.cdiv(M, BLOCK_M)
+    pid_m, pid_n, pid_k = tl.program_id(0) % m_blocks, tl.program_id(0) // m_blocks, tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     rows_x = tl.minimum(offs_m, M - 1)
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo + offs_k)[None, :]  # [BLOCK_N, BLOCK_K]
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo // (BLOCK_K // W_COLS) + tl.arange(0, W_COLS))[None, :]
     x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (k_lo + offs_k)[:, None]  # x^T: [BLOCK_K, BLOCK_M]
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     x_inv_scale = 1.0
     if FP8_X:
         x_inv_scale = inverse_scale(x_scale_ptr)
     for k in range(k_lo, k_hi, BLOCK_K):
+        w, scale, zero = w_tile(
+            w_ptrs, k, K, rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
+            not EVEN_K, W_EVICT, BLOCK_K, INT4, HAS_ZEROS, GROUP_SIZE,
+        )  # fmt: skip
         if EVEN_K:
-            w = tl.load(w_ptrs, eviction_policy="evict_first")
             x = tl.load(x_ptrs)
         else:
-            k_ok = (k + offs_k) < K
-            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
-            x = tl.load(x_ptrs, mask=k_ok[:, None], other=0.0)
+            x = tl.load(x_ptrs, mask=((k + offs_k) < K)[:, None], other=0.0)
         if FP8_X:
             x = to_e4m3(x, x_inv_scale)
-        if UPCAST:  # Triton's interpreter multiplies bf16 dot operands as raw bits; fp32 products are exact
-            acc = tl.dot(w.to(tl.float32), x.to(tl.float32), acc)
-        elif FP8_X:
-            acc = tl.dot(w, x, acc, max_num_imprecise_acc=FP8_PROMOTE_EVERY)
+        if INT4 and BLOCK_M < BLOCK_K:  # scaling the tile's [BLOCK_N, BLOCK_M] sums costs less than its weights
+            acc += _mma(int4_codes(w, zero).to(x.dtype), x, tl.zeros_like(acc), UPCAST, False) * scale[:, None]
+        elif INT4:  # weights dequantized and rounded to x's dtype, as the reference does
+            acc = _mma((int4_codes(w, zero) * scale[:, None]).to(x.dtype), x, acc, UPCAST, False)
         else:
-            acc = tl.dot(w, x, acc)
-        w_ptrs += BLOCK_K
+            acc = _mma(w, x, acc, UPCAST, FP8_X)
+        w_ptrs += W_COLS
         x_ptrs += BLOCK_K
     if FP8_X:  # scaling is linear, so split-K partials are scaled before they are summed
         acc = acc * tl.load(x_scale_ptr) * tl.load(w_scale_ptr + rows_w * stride_w_scale)[:, None]
@@ -259,7 +350,8 @@ _KERNELS = {"fma": _gemv_fma_kernel, "dot": _gemv_dot_kernel}
 
 @dataclass(frozen=True)
 class Plan:
-    """How one skinny GEMM runs: inner-product path, tile, K splits, warps and pipeline stages."""
+    """How one skinny GEMM runs: inner-product path, tile, K splits, warps, pipeline stages, and (dot path) the
+    x rows a program takes."""
 
     path: str  # "fma" | "dot" | "cublas"
     block_n: int
@@ -267,19 +359,22 @@ class Plan:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 1
+    block_m: int = 16
 
     def __str__(self) -> str:
         if self.path == "cublas":
             return "cublas"
-        return f"{self.path} N{self.block_n} K{self.block_k} split{self.split_k} w{self.num_warps} s{self.num_stages}"
+        rows = f" M{self.block_m}" if self.path == "dot" and self.block_m != 16 else ""
+        tile = f"N{self.block_n} K{self.block_k} split{self.split_k}"
+        return f"{self.path}{rows} {tile} w{self.num_warps} s{self.num_stages}"
 
 
-def _fma(block_n, block_k, split_k=1, num_warps=4, num_stages=1) -> Plan:
+def fma_plan(block_n, block_k, split_k=1, num_warps=4, num_stages=1) -> Plan:
     return Plan("fma", block_n, block_k, split_k, num_warps, num_stages)
 
 
-def _dot(block_n, block_k, split_k=1, num_warps=4, num_stages=4) -> Plan:
-    return Plan("dot", block_n, block_k, split_k, num_warps, num_stages)
+def dot_plan(block_n, block_k, split_k=1, num_warps=4, num_stages=4, block_m=16) -> Plan:
+    return Plan("dot", block_n, block_k, split_k, num_warps, num_stages, block_m)
 
 
 # cuBLAS as one more candidate, never the default: the tuner keeps it where it streams the weight faster.
@@ -290,39 +385,39 @@ CUBLAS = Plan("cublas", 0, 0)
 # that won or came close at the Llama-2-7B shapes in two H200 runs of benchmarks/gemv_microbench.py, plus one
 # split-K plan per path for narrow N. fma tiles keep BLOCK_K = 256 * num_warps (see _gemv_fma_kernel).
 _DOT_PLANS = [
-    _dot(32, 256),
-    _dot(64, 128),
-    _dot(128, 128, num_stages=3),
-    _dot(128, 64, num_stages=5),
-    _dot(16, 512, num_stages=3),
-    _dot(64, 128, split_k=4),
+    dot_plan(32, 256),
+    dot_plan(64, 128),
+    dot_plan(128, 128, num_stages=3),
+    dot_plan(128, 64, num_stages=5),
+    dot_plan(16, 512, num_stages=3),
+    dot_plan(64, 128, split_k=4),
 ]
 CANDIDATES: dict[int, list[Plan]] = {
     1: [
-        _fma(2, 1024, num_stages=2),
-        _fma(4, 1024, num_stages=2),
-        _fma(2, 2048, num_warps=8, num_stages=2),
-        _fma(4, 2048, num_warps=8, num_stages=2),
-        _fma(2, 512, num_warps=2, num_stages=2),
-        _fma(4, 512, num_warps=2, num_stages=2),
-        _fma(8, 1024),
-        _fma(8, 2048, num_warps=8),
-        _fma(4, 1024, split_k=2, num_stages=2),
+        fma_plan(2, 1024, num_stages=2),
+        fma_plan(4, 1024, num_stages=2),
+        fma_plan(2, 2048, num_warps=8, num_stages=2),
+        fma_plan(4, 2048, num_warps=8, num_stages=2),
+        fma_plan(2, 512, num_warps=2, num_stages=2),
+        fma_plan(4, 512, num_warps=2, num_stages=2),
+        fma_plan(8, 1024),
+        fma_plan(8, 2048, num_warps=8),
+        fma_plan(4, 1024, split_k=2, num_stages=2),
         CUBLAS,
     ],
     2: [
-        _fma(4, 1024),
-        _fma(4, 1024, num_stages=2),
-        _fma(2, 1024, num_stages=2),
-        _fma(4, 512, num_warps=2),
-        _dot(128, 128, num_stages=3),
-        _dot(128, 64, num_stages=5),
-        _dot(64, 128),
-        _dot(32, 256),
-        _dot(64, 128, split_k=4),
+        fma_plan(4, 1024),
+        fma_plan(4, 1024, num_stages=2),
+        fma_plan(2, 1024, num_stages=2),
+        fma_plan(4, 512, num_warps=2),
+        dot_plan(128, 128, num_stages=3),
+        dot_plan(128, 64, num_stages=5),
+        dot_plan(64, 128),
+        dot_plan(32, 256),
+        dot_plan(64, 128, split_k=4),
         CUBLAS,
     ],
-    4: [*_DOT_PLANS, _dot(32, 256, split_k=2), _fma(2, 1024, num_stages=2), CUBLAS],
+    4: [*_DOT_PLANS, dot_plan(32, 256, split_k=2), fma_plan(2, 1024, num_stages=2), CUBLAS],
     8: [*_DOT_PLANS, CUBLAS],
     16: [*_DOT_PLANS, CUBLAS],
 }
@@ -330,26 +425,26 @@ CANDIDATES: dict[int, list[Plan]] = {
 # FP8 weights (static x scale), up to 4 rows. One byte a weight, so tiles twice as long in K as the
 # half-precision ones keep each thread's loads 16 bytes wide.
 _FP8_DOT_PLANS = [  # the fastest of a wider set on an H100 at the Llama-2-7B shapes (they won qkv, gate_up, down)
-    _dot(256, 256, num_warps=8, num_stages=3),
-    _dot(256, 128, num_warps=8, num_stages=5),
-    _dot(128, 256, num_stages=4),
-    _dot(64, 512, num_stages=4),
-    _dot(64, 256, split_k=4),
+    dot_plan(256, 256, num_warps=8, num_stages=3),
+    dot_plan(256, 128, num_warps=8, num_stages=5),
+    dot_plan(128, 256, num_stages=4),
+    dot_plan(64, 512, num_stages=4),
+    dot_plan(64, 256, split_k=4),
 ]
 FP8_CANDIDATES: dict[int, list[Plan]] = {
     1: [
-        _fma(2, 2048, num_stages=2),
-        _fma(4, 2048, num_stages=2),
-        _fma(2, 1024, num_stages=2),
-        _fma(4, 1024, num_stages=2),
-        _fma(2, 4096, num_warps=8, num_stages=2),
-        _fma(4, 4096, num_warps=8, num_stages=2),
-        _fma(8, 2048),
-        _fma(4, 2048, split_k=2, num_stages=2),
+        fma_plan(2, 2048, num_stages=2),
+        fma_plan(4, 2048, num_stages=2),
+        fma_plan(2, 1024, num_stages=2),
+        fma_plan(4, 1024, num_stages=2),
+        fma_plan(2, 4096, num_warps=8, num_stages=2),
+        fma_plan(4, 4096, num_warps=8, num_stages=2),
+        fma_plan(8, 2048),
+        fma_plan(4, 2048, split_k=2, num_stages=2),
         *_FP8_DOT_PLANS,
     ],
-    2: [_fma(4, 2048), _fma(2, 2048, num_stages=2), _fma(4, 1024, num_stages=2), *_FP8_DOT_PLANS],
-    4: [_fma(2, 2048, num_stages=2), _fma(2, 1024, num_stages=2), _fma(4, 1024), *_FP8_DOT_PLANS],
+    2: [fma_plan(4, 2048), fma_plan(2, 2048, num_stages=2), fma_plan(4, 1024, num_stages=2), *_FP8_DOT_PLANS],
+    4: [fma_plan(2, 2048, num_stages=2), fma_plan(2, 1024, num_stages=2), fma_plan(4, 1024), *_FP8_DOT_PLANS],
 }
 FP8_MAX_ROWS = max(FP8_CANDIDATES)
 
@@ -362,8 +457,15 @@ class Fp8Scales(NamedTuple):
     w_scale: Tensor
 
 
-_plans: dict[tuple, Plan] = {}
-tuning_log: dict[tuple, dict[str, float]] = {}  # key -> {plan: median ms}, for benchmarks and debugging
+class Int4Weights(NamedTuple):
+    """The groups of an INT4 weight-only GEMM (see `ops.quant.int4_linear`, kernels/int4_gemv.py), whose weight
+    is the packed [N, K / 2] uint8 weight viewed as [N, K / 8] int32 words: `scales` and `zeros` (integer-valued,
+    or None for the zero point 8) [N, ceil(K / group_size)], one row stride for both, unit column stride. A
+    plan's BLOCK_K divides the group size, so a W tile lies in one group."""
+
+    scales: Tensor
+    zeros: Tensor | None
+    group_size: int
 
 
 def row_bucket(rows: int) -> int:
@@ -408,11 +510,16 @@ def supports_fp8(
 
 
 def _launch(
-    x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, plan: Plan, fp8: Fp8Scales | None = None
+    x2: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    y2: Tensor,
+    plan: Plan,
+    quant: Fp8Scales | Int4Weights | None = None,
 ) -> None:
     (m, k), n = x2.shape, weight.shape[0]
-    if fp8 is not None and plan.path == "cublas":
-        raise ValueError(f"FP8 weights take the fma or dot path, not {plan} (see FP8_CANDIDATES)")
+    if quant is not None and plan.path == "cublas":
+        raise ValueError(f"quantized weights take the fma or dot path, not {plan} (see FP8_CANDIDATES)")
     if plan.path == "cublas":
         if bias is None:
             torch.mm(x2, weight.t(), out=y2)
@@ -425,17 +532,29 @@ def _launch(
     splits = triton.cdiv(k, k_per_split)  # a split past K would only add zeros
     ws = torch.empty((splits, m, n), dtype=torch.float32, device=x2.device) if splits > 1 else y2
     b = bias if bias is not None else y2
+    programs = triton.cdiv(n, plan.block_n)
     if plan.path == "dot":
-        # Triton's software pipeliner streams the W tiles through shared memory, num_stages deep.
-        meta = dict(UPCAST=INTERPRETED, BLOCK_M=16, num_stages=plan.num_stages)
+        # Triton's software pipeliner streams the W tiles through shared memory, num_stages deep. W tiles that
+        # several M blocks read are kept in L2 rather than evicted first.
+        evict = "evict_first" if m <= plan.block_m else ""
+        meta = dict(UPCAST=INTERPRETED, BLOCK_M=plan.block_m, W_EVICT=evict, num_stages=plan.num_stages)
+        programs *= triton.cdiv(m, plan.block_m)
     else:
         # No tl.dot, so Triton does not pipeline these loads: stages > 1 means register double-buffering.
         meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), num_stages=1)
-    meta.update(FP8_X=fp8 is not None, x_scale_ptr=y2, w_scale_ptr=y2, stride_w_scale=0)  # unread without FP8_X
-    if fp8 is not None:
-        w_scale_stride = fp8.w_scale.stride(0) if fp8.w_scale.numel() > 1 else 0
-        meta.update(x_scale_ptr=fp8.x_scale, w_scale_ptr=fp8.w_scale, stride_w_scale=w_scale_stride)
-    _KERNELS[plan.path][(triton.cdiv(n, plan.block_n), splits)](
+    fp8, int4 = isinstance(quant, Fp8Scales), isinstance(quant, Int4Weights)
+    meta.update(FP8_X=fp8, INT4=int4, HAS_ZEROS=False, GROUP_SIZE=1)
+    meta.update(x_scale_ptr=y2, w_scale_ptr=y2, stride_w_scale=0, w_zero_ptr=y2)  # unread unless FP8_X or INT4
+    if fp8:
+        w_scale_stride = quant.w_scale.stride(0) if quant.w_scale.numel() > 1 else 0
+        meta.update(x_scale_ptr=quant.x_scale, w_scale_ptr=quant.w_scale, stride_w_scale=w_scale_stride)
+    elif int4:
+        if quant.group_size % plan.block_k:
+            raise ValueError(f"{plan}: an INT4 tile lies in one group, so BLOCK_K must divide {quant.group_size}")
+        meta.update(w_scale_ptr=quant.scales, stride_w_scale=quant.scales.stride(0), GROUP_SIZE=quant.group_size)
+        if quant.zeros is not None:
+            meta.update(w_zero_ptr=quant.zeros, HAS_ZEROS=True)
+    _KERNELS[plan.path][(programs, splits)](
         x2, weight, b, y2, ws, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
         BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps, **meta,
@@ -447,76 +566,11 @@ def _launch(
         )
 
 
-def _graph_ms(fn, device: torch.device, reps: int = 20) -> float:
-    """Median ms of `fn` replayed from a CUDA graph right after a 256 MiB read sweeps L2: how a decode step's
-    GEMMs run (weights not cached, the cache holding clean lines). triton's do_bench zeroes its flush buffer
-    instead, and writing those dirty lines back inside the timed kernel cost cuBLAS and the dot path 6-11 us
-    but the fma path (whose loads are evict-first) 3 us on an H200, which misranked them."""
-    fn()  # compile and allocate outside the capture
-    sweep = torch.empty(_L2_SWEEP_BYTES, dtype=torch.uint8, device=device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        sweep.sum()
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize(device)
-    return statistics.median(start.elapsed_time(end) for start, end in events)
-
-
-def _bench_ms(fn) -> float:
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=5, rep=20, return_mode="median")
-
-
-def _tune(
-    key: tuple, x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None
-) -> Plan:
-    def launcher(plan: Plan):
-        return lambda: _launch(x2, weight, bias, y2, plan, fp8)
-
-    # A plan that cannot be captured is no use to decode's CUDA graphs; eager timing only if none can be.
-    for timer in (lambda fn: _graph_ms(fn, x2.device), _bench_ms):
-        times = {}
-        for plan in _candidates(key[0], fp8):
-            try:
-                times[plan] = timer(launcher(plan))
-            except Exception as error:  # a tile that does not fit this GPU (shared memory, registers): skip it
-                logger.debug("gemv plan %s failed for %s: %s", plan, key, error)
-        if times:
-            break
-    else:
-        raise RuntimeError(f"no gemv plan ran for {key}; see the debug log of {__name__}")
-    best = min(times, key=times.get)
-    tuning_log[key] = {str(p): t for p, t in times.items()}
-    logger.info("gemv %s: %s (%.1f us)", key, best, 1e3 * times[best])
-    return best
-
-
-def _candidates(bucket: int, fp8: Fp8Scales | None) -> list[Plan]:
-    return (FP8_CANDIDATES if fp8 is not None else CANDIDATES)[bucket]
-
-
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:
-    """The cached plan of this (M bucket, N, K, x dtype, weight dtype, device); timed on the first call unless
-    tuning is off (TRTLLM_TRITON_AUTOTUNE=0, the interpreter, or inside a CUDA-graph capture: then the bucket's
-    default)."""
+    """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, device)."""
     key = (row_bucket(x2.shape[0]), weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, x2.device)
-    plan = _plans.get(key)
-    if plan is not None:
-        return plan
-    if INTERPRETED or os.environ.get("TRTLLM_TRITON_AUTOTUNE", "1") == "0":
-        return _candidates(key[0], fp8)[0]
-    if torch.cuda.is_current_stream_capturing():
-        logger.warning("gemv %s first seen inside a CUDA-graph capture: default plan, untuned", key[:3])
-        return _candidates(key[0], fp8)[0]
-    plan = _plans[key] = _tune(key, x2, weight, bias, y2, fp8)
-    return plan
+    candidates = (FP8_CANDIDATES if fp8 is not None else CANDIDATES)[key[0]]
+    return cached_plan(key, candidates, lambda plan: _launch(x2, weight, bias, y2, plan, fp8))
 
 
 def _rows_and_output(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -6,9 +6,9 @@ shape [] is per tensor, [N] per output channel, [N, K / group] per group.
 
 The bodies are the references (CPU, and what the fast paths are tested against): they dequantize and multiply,
 emulating activation quantization exactly (`.to(torch.float8_e4m3fn)` rounding, int8 round-half-even), and
-accumulate the W8A8 GEMMs in float32 as the kernels do. On CUDA the fast paths are torch's own GEMMs:
-`torch._scaled_mm` (FP8), `torch._int_mm` (INT8) and tinygemm's `_weight_int4pack_mm` (INT4, bf16 activations),
-and for decode-sized FP8 GEMMs with a static activation scale the Triton GEMV (`kernels.gemv.fp8_gemv`).
+accumulate the W8A8 GEMMs in float32 as the kernels do. On CUDA the fast paths are torch's own GEMMs,
+`torch._scaled_mm` (FP8) and `torch._int_mm` (INT8), the Triton GEMV for decode-sized FP8 GEMMs with a static
+activation scale (`kernels.gemv.fp8_gemv`), and Triton kernels for INT4 at any row count (`kernels.int4_gemv`).
 """
 
 from __future__ import annotations
@@ -267,20 +267,31 @@ def tinygemm_weight(weight: Tensor, scales: Tensor, zeros: Tensor | None, group_
     return converted
 
 
-@cuda_kernel("trtllm::int4_linear")
-def _int4_linear_cuda(x, weight, scales, zeros, group_size, bias):
+def int4_linear_tinygemm(
+    x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, bias: Tensor | None
+) -> Tensor:
+    """`int4_linear` on torch's tinygemm kernel (`_weight_int4pack_mm`): bf16 x, K % 128 == 0, N % 8 == 0, groups
+    of 32 to 256, from a repacked copy of the weight (`tinygemm_weight`). Off the op's CUDA path (see
+    kernels/int4_gemv.py); kept as the comparison of benchmarks/quant_decode.py."""
     n, k = weight.shape[0], weight.shape[1] * 2
-    usable = (
-        x.dtype == torch.bfloat16
-        and k % (_TINYGEMM_INNER_K_TILES * 16) == 0
-        and n % 8 == 0
-        and group_size in (32, 64, 128, 256)
-    )
-    if not usable:
-        return int4_linear_reference(x, weight, scales, zeros, group_size, bias)
+    usable = x.dtype == torch.bfloat16 and k % (_TINYGEMM_INNER_K_TILES * 16) == 0 and n % 8 == 0
+    if not usable or group_size not in (32, 64, 128, 256):
+        raise ValueError(
+            f"tinygemm takes bf16 x, K % 128 == 0, N % 8 == 0, group 32..256; not {x.dtype} {n}x{k} g{group_size}"
+        )
     packed, scales_and_zeros = tinygemm_weight(weight, scales, zeros, group_size)
     out = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, k), packed, group_size, scales_and_zeros)
     return _finish(out, x.dtype, bias).reshape(*x.shape[:-1], n)
+
+
+@cuda_kernel("trtllm::int4_linear")
+def _int4_linear_cuda(x, weight, scales, zeros, group_size, bias):
+    if TRITON_AVAILABLE:
+        from trtllm_compile.kernels import int4_gemv
+
+        if int4_gemv.supports(x, weight, scales, zeros, group_size, bias):
+            return int4_gemv.int4_linear(x, weight, scales, zeros, group_size, bias)
+    return int4_linear_reference(x, weight, scales, zeros, group_size, bias)
 
 
 # The quantized GEMMs: each takes the activation as its first argument, like aten.linear.

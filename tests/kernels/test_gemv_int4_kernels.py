@@ -1,0 +1,185 @@
+"""INT4 weight-only GEMMs (kernels/int4_gemv.py on gemv.py's kernels) against float64 GEMMs of the dequantized
+weight, and `trtllm::int4_linear` taking them on CUDA.
+
+Tolerance. A path multiplies either the exact dequantized weight (q - z) * s (fma, and dot tiles of fewer rows
+than K: codes minus zero points and their products with x are exact, the group scale multiplies fp32 sums) or,
+as `int4_linear_reference` does, that weight rounded to x's dtype (dot GEMM tiles, dequantize + cuBLAS:
+`_rounds_weights`). Against a float64 GEMM of the weight it uses, a path differs only by its fp32 summation
+order (~1e-6 relative here) and its one rounding to the output dtype: one ulp, the "elementwise" tolerance of
+conftest.py (plus the interpreter's truncating bf16 casts on CPU). Weights are ~N(0, 1/K), so outputs are
+~N(0, 1) and the absolute part of that tolerance is one ulp at 1. The exact-weight paths differ from the
+reference itself by its weight rounding too (up to 2**-9 of each product in bf16): the op-level tests in
+tests/quantization/test_quant_gpu.py bound that with GPU_RTOL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trtllm_compile.ops.quant import dequantize_int4, pack_int4
+from trtllm_compile.quantization.formats import int4_codes
+
+LLAMA_2_7B = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+
+
+def _operands(m: int, n: int, k: int, group_size: int, zero_point: bool, dtype, device, bias: bool = False):
+    """x [m, k], the packed INT4 weight [n, k / 2] of a ~N(0, 1/k) weight with its scales and zeros, a bias."""
+    gen = torch.Generator().manual_seed(m * 7919 + n + k + group_size)
+    codes, scales, zeros = int4_codes(torch.randn(n, k, generator=gen) / math.sqrt(k), group_size, zero_point)
+    x = torch.randn(m, k, generator=gen).to(device, dtype)
+    b = torch.randn(n, generator=gen).to(device, dtype) if bias else None
+    zeros = zeros.to(device) if zeros is not None else None
+    return x, pack_int4(codes).to(device), scales.to(device), zeros, group_size, b
+
+
+def _float64_reference(x, packed, scales, zeros, group_size, bias, rounds_weights: bool):
+    """x @ W^T + bias in float64, W the dequantized weight (rounded to x's dtype first if `rounds_weights`),
+    rounded once to x's dtype."""
+    weight = dequantize_int4(packed, scales, zeros, group_size)
+    weight = weight.to(x.dtype).double() if rounds_weights else weight.double()
+    out = x.double() @ weight.T
+    return (out + bias.double() if bias is not None else out).to(x.dtype)
+
+
+def _rounds_weights(plan) -> bool:
+    """Whether a (fitted) plan rounds each dequantized weight to x's dtype: dequantize + cuBLAS, and dot tiles
+    with BLOCK_M >= BLOCK_K (gemv._gemv_dot_kernel scales those weights, not the tiles' sums)."""
+    return plan.path == "cublas" or (plan.path == "dot" and plan.block_m >= plan.block_k)
+
+
+# ---------------------------------------------------------------- CPU: Triton's interpreter, tiny shapes
+
+SMALL_PLANS = {  # small tiles so the interpreter runs fast; every path and variant
+    "fma": dict(path="fma", block_n=16, block_k=64, num_warps=1),
+    "fma_prefetch": dict(path="fma", block_n=8, block_k=64, num_stages=2),
+    "fma_split3_prefetch": dict(path="fma", block_n=8, block_k=32, split_k=3, num_stages=2),
+    "dot": dict(path="dot", block_n=16, block_k=64),
+    "dot_split3": dict(path="dot", block_n=16, block_k=32, split_k=3),
+    "dot_gemm": dict(path="dot", block_n=16, block_k=32, block_m=32),  # more rows a tile than K: rounds weights
+    "dequantize_cublas": dict(path="cublas", block_n=0, block_k=0),
+}
+GROUPS = {  # group size -> (K, zero points, x dtype): K = 200 ends in a short group and a partial K tile
+    "g64_k200_zeros_bf16": (64, 200, True, torch.bfloat16),
+    "g64_k200_symmetric_fp16": (64, 200, False, torch.float16),
+    "g128_k256_zeros_fp16": (128, 256, True, torch.float16),
+    "g128_k256_symmetric_bf16": (128, 256, False, torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("groups", list(GROUPS))
+@pytest.mark.parametrize("plan", list(SMALL_PLANS))
+def test_int4_gemv_interpreted(interpreted, assert_matches, plan, groups, m):
+    int4_gemv = interpreted("int4_gemv")
+    plan = int4_gemv.fit(int4_gemv.Plan(**SMALL_PLANS[plan]), GROUPS[groups][0])
+    if plan.path == "fma" and m > 4:
+        pytest.skip("the fma path takes at most 4 rows")
+    group_size, k, zero_point, dtype = GROUPS[groups]
+    args = _operands(m, 40, k, group_size, zero_point, dtype, "cpu", bias=m == 3)  # N = 40: a partial N tile
+    assert int4_gemv.supports(*args)
+    out = int4_gemv.int4_linear(*args, plan=plan)
+    assert_matches(out, _float64_reference(*args, rounds_weights=_rounds_weights(plan)))
+
+
+def test_int4_linear_interpreted_strided_rows_leading_dims_and_default_plans(interpreted, assert_matches):
+    int4_gemv = interpreted("int4_gemv")
+    x, packed, scales, zeros, group_size, bias = _operands(6, 48, 256, 128, True, torch.bfloat16, "cpu", bias=True)
+    rows = torch.empty(6, 320, dtype=x.dtype)[:, :256].copy_(x).view(2, 3, 256)  # rows of a wider buffer
+    assert not rows.is_contiguous() and int4_gemv.supports(rows, packed, scales, zeros, group_size, bias)
+    out = int4_gemv.int4_linear(rows, packed, scales, zeros, group_size, bias)  # the 8-row bucket's default
+    assert out.shape == (2, 3, 48)
+    expected = _float64_reference(x, packed, scales, zeros, group_size, bias, rounds_weights=False)
+    assert_matches(out.view(6, 48), expected)
+    more_rows = torch.cat([x] * 6)  # 36 rows: the 64-row bucket's default, a GEMM tile
+    default = int4_gemv.candidates(36, group_size)[0]
+    expected = _float64_reference(more_rows, packed, scales, zeros, group_size, bias, _rounds_weights(default))
+    assert_matches(int4_gemv.int4_linear(more_rows, packed, scales, zeros, group_size, bias), expected)
+
+
+def test_dequantize_interpreted_is_the_reference_weight(interpreted):
+    int4_gemv = interpreted("int4_gemv")
+    _, packed, scales, zeros, group_size, _ = _operands(1, 40, 200, 64, True, torch.float16, "cpu")
+    int4 = int4_gemv.Int4Weights(scales, zeros, group_size)
+    out = int4_gemv.dequantize(packed.view(torch.int32), int4, torch.float16)
+    assert torch.equal(out, dequantize_int4(packed, scales, zeros, group_size).to(torch.float16))
+
+
+def test_int4_supports_and_plan_fitting(interpreted):
+    int4_gemv = interpreted("int4_gemv")
+    x, packed, scales, zeros, group_size, _ = _operands(2, 16, 256, 64, True, torch.bfloat16, "cpu")
+    assert int4_gemv.supports(x, packed, scales, zeros, group_size, None)
+    assert int4_gemv.supports(torch.cat([x] * 300), packed, scales, zeros, group_size, None)  # prefill rows too
+    assert not int4_gemv.supports(x.float(), packed, scales, zeros, group_size, None)  # fp32 x: the reference
+    assert not int4_gemv.supports(x, packed, scales[:, :2], zeros, group_size, None)  # scales of another group
+    assert not int4_gemv.supports(x[:, :116], packed[:, :58], scales[:, :2], None, 64, None)  # K % 8 != 0
+    assert not int4_gemv.supports(x, packed, scales.repeat(1, 8), None, 8, None)  # group 8: no tensor-core K
+    assert not int4_gemv.supports(x[:, :128], packed[:, 2:66], scales[:, :2], None, 64, None)  # not in words
+    assert int4_gemv.fit(int4_gemv.Plan("dot", 64, 128), 64).block_k == 64
+    assert int4_gemv.fit(int4_gemv.Plan("dot", 64, 128), 576).block_k == 64  # 576 = 64 * 9
+    for rows in (1, 3, 16, 17, 200, 4000):
+        plans = int4_gemv.candidates(rows, 32)
+        assert all(p.path == "cublas" or 32 % p.block_k == 0 for p in plans) and len(set(plans)) == len(plans)
+    with pytest.raises(ValueError, match="BLOCK_K must divide 64"):
+        int4_gemv.gemv._launch(x, packed.view(torch.int32), None, x.new_empty(2, 16), int4_gemv.Plan("dot", 16, 128),
+                               int4_gemv.Int4Weights(scales, zeros, 64))  # fmt: skip
+
+
+# ---------------------------------------------------------------- GPU: Llama-2-7B shapes
+
+
+@pytest.fixture
+def int4_gpu():
+    from trtllm_compile.kernels import int4_gemv
+
+    return int4_gemv
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("zero_point", [True, False], ids=["zeros", "symmetric"])
+@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("shape", list(LLAMA_2_7B))
+def test_int4_gemv_gpu_llama_2_7b(int4_gpu, assert_matches, shape, m, zero_point):
+    args = _operands(m, *LLAMA_2_7B[shape], 128, zero_point, torch.bfloat16, "cuda")
+    out = int4_gpu.int4_linear(*args)  # the bucket's default plan (tests run with TRTLLM_TRITON_AUTOTUNE=0)
+    default = int4_gpu.candidates(m, 128)[0]
+    assert_matches(out, _float64_reference(*args, rounds_weights=_rounds_weights(default)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 33, 64, 200, 600])
+def test_every_int4_candidate_plan_gpu(int4_gpu, assert_matches, m):
+    """The tuner may pick any candidate: each one is checked, with a bias, fp16 and group 64 (the shapes'
+    partial tiles: the interpreter tests)."""
+    n, k = LLAMA_2_7B["down"]
+    args = _operands(m, n, k, 64, True, torch.float16, "cuda", bias=True)
+    expected = {rounds: _float64_reference(*args, rounds_weights=rounds) for rounds in (False, True)}
+    for plan in int4_gpu.candidates(m, 64):
+        assert_matches(int4_gpu.int4_linear(*args, plan=plan), expected[_rounds_weights(plan)])
+
+
+@pytest.mark.gpu
+def test_int4_linear_op_runs_on_the_kernels_in_a_cuda_graph(int4_gpu, assert_matches, monkeypatch):
+    """`trtllm::int4_linear` on CUDA, for decode rows and a GEMM's: tuned outside a capture, replayed from a CUDA
+    graph with new inputs, never the reference."""
+    from trtllm_compile.ops import quant
+
+    def reference(*args):
+        raise AssertionError("trtllm::int4_linear ran its reference on CUDA")
+
+    monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
+    monkeypatch.setattr(quant, "int4_linear_reference", reference)
+    n, k = LLAMA_2_7B["qkv"]
+    for m in (1, 64):
+        x, *weights = _operands(m, n, k, 128, True, torch.bfloat16, "cuda", bias=True)
+        torch.ops.trtllm.int4_linear(x, *weights)  # tunes the plan outside the capture
+        plan = int4_gpu.tuning.plans[(m, n, k, x.dtype, "int4", 128, True, x.device)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = torch.ops.trtllm.int4_linear(x, *weights)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_matches(out, _float64_reference(x, *weights, rounds_weights=_rounds_weights(plan)))
