@@ -79,6 +79,16 @@ def test_linear_interpreted_strided_rows_and_leading_dims(interpreted, assert_ma
     assert_matches(out, _fp32_reference(x, weight, bias))
 
 
+@pytest.mark.parametrize("plan", ["fma_split3_prefetch", "dot"])
+def test_gemv_interpreted_fp32_sums(interpreted, plan):
+    """out_dtype float32 (a row-parallel GEMM's partial sums): the fp32 sums unrounded, not bf16's."""
+    gemv = interpreted("gemv")
+    x, weight, _ = _inputs(3, 40, 256, torch.bfloat16, "cpu")
+    out = gemv.gemv(x, weight, plan=gemv.Plan(**SMALL_PLANS[plan]), out_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.linear(x.float(), weight.float()), atol=1e-5, rtol=1e-5)
+
+
 def test_linear_interpreted_falls_back_to_f_linear(interpreted):
     gemv = interpreted("gemv")
     x, weight, _ = _inputs(17, 8, 32, torch.bfloat16, "cpu")
@@ -183,6 +193,21 @@ def test_gemv_gpu_bias_and_strided_rows(gemv_gpu, assert_matches, plan, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 64])  # 64 rows: past MAX_ROWS, cuBLAS's mm with an fp32 out_dtype
+def test_linear_gpu_fp32_sums(gemv_gpu, m):
+    """`linear(..., out_dtype=float32)` returns the fp32 sums of bf16 inputs unrounded, on every path."""
+    n, k = LLAMA_2_7B["down"]
+    x, weight, _ = _inputs(m, n, k, torch.bfloat16, "cuda")
+    expected = F.linear(x.float(), weight.float())
+    outs = {"linear": gemv_gpu.linear(x, weight, out_dtype=torch.float32)}
+    if m <= gemv_gpu.MAX_ROWS:
+        outs |= {str(p): gemv_gpu.gemv(x, weight, plan=p, out_dtype=torch.float32) for p in gemv_gpu.CANDIDATES[m]}
+    for name, out in outs.items():
+        assert out.dtype == torch.float32, name
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4, msg=lambda msg, name=name: f"{name}: {msg}")
+
+
+@pytest.mark.gpu
 def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matches, monkeypatch):
     from trtllm_compile.kernels import tuning
 
@@ -190,7 +215,7 @@ def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matc
     n, k = LLAMA_2_7B["o"]
     x, weight, _ = _inputs(2, n, k, torch.bfloat16, "cuda")
     gemv_gpu.linear(x, weight)  # tunes (and caches) the plan of the 2-row bucket outside the capture
-    assert (2, n, k, torch.bfloat16, torch.bfloat16, x.device) in tuning.plans
+    assert (2, n, k, torch.bfloat16, torch.bfloat16, torch.bfloat16, x.device) in tuning.plans
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = gemv_gpu.linear(x, weight)

@@ -521,7 +521,11 @@ def _launch(
     if quant is not None and plan.path == "cublas":
         raise ValueError(f"quantized weights take the fma or dot path, not {plan} (see FP8_CANDIDATES)")
     if plan.path == "cublas":
-        if bias is None:
+        if y2.dtype != x2.dtype:  # fp32 sums of half inputs (`linear`'s out_dtype)
+            torch.ops.aten.mm.dtype_out(x2, weight.t(), y2.dtype, out=y2)
+            if bias is not None:
+                y2.add_(bias)
+        elif bias is None:
             torch.mm(x2, weight.t(), out=y2)
         else:
             torch.addmm(bias, x2, weight.t(), out=y2)
@@ -567,22 +571,29 @@ def _launch(
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:
-    """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, device)."""
-    key = (row_bucket(x2.shape[0]), weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, x2.device)
+    """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, y dtype, device)."""
+    key = (row_bucket(x2.shape[0]), weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, y2.dtype, x2.device)
     candidates = (FP8_CANDIDATES if fp8 is not None else CANDIDATES)[key[0]]
     return cached_plan(key, candidates, lambda plan: _launch(x2, weight, bias, y2, plan, fp8))
 
 
-def _rows_and_output(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """x as [M, K] rows, and y [..., N] in x's dtype with its [M, N] view."""
+def _rows_and_output(x: Tensor, weight: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """x as [M, K] rows, and y [..., N] in `dtype` (default x's) with its [M, N] view."""
     n = weight.shape[0]
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    y = torch.empty((*x.shape[:-1], n), dtype=dtype or x.dtype, device=x.device)
     return rows_view(x), y, y.view(-1, n)
 
 
-def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, plan: Plan | None = None) -> Tensor:
-    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold); `plan` forces one."""
-    x2, y, y2 = _rows_and_output(x, weight)
+def gemv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    plan: Plan | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold); `plan` forces one.
+    `out_dtype` float32 returns the fp32 sums unrounded."""
+    x2, y, y2 = _rows_and_output(x, weight, out_dtype)
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
     return y
 
@@ -603,8 +614,16 @@ def fp8_gemv(
     return y
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """CUDA implementation of `trtllm::linear`: the skinny-GEMM kernels up to MAX_ROWS rows, else cuBLAS."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+    """CUDA implementation of `trtllm::linear`: the skinny-GEMM kernels up to MAX_ROWS rows, else cuBLAS; with
+    `out_dtype` float32 (half x) both return the fp32 sums unrounded."""
+    if out_dtype == x.dtype:
+        out_dtype = None
+    if out_dtype not in (None, torch.float32):
+        raise ValueError(f"trtllm::linear returns x's dtype or float32 sums, not {out_dtype}")
     if supports(x, weight, bias):
-        return gemv(x, weight, bias)
-    return F.linear(x, weight, bias)
+        return gemv(x, weight, bias, out_dtype=out_dtype)
+    if out_dtype is None:
+        return F.linear(x, weight, bias)
+    y = torch.ops.aten.mm.dtype(rows_view(x), weight.t(), out_dtype).view(*x.shape[:-1], weight.shape[0])
+    return y if bias is None else y.add_(bias)

@@ -14,11 +14,16 @@ from torch import Tensor
 
 
 @torch.library.custom_op("trtllm::linear", mutates_args=())
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight.T + bias, with weight [N, K] and x [..., K] (`F.linear`)."""
-    return F.linear(x, weight, bias)
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+    """x @ weight.T + bias, with weight [N, K] and x [..., K] (`F.linear`). `out_dtype` (float32 for half
+    inputs): the fp32 sums as they are, not rounded to x's dtype (a row-parallel GEMM's partial sums, see
+    passes/widen_partial_sums.py)."""
+    if out_dtype is None or out_dtype == x.dtype:
+        return F.linear(x, weight, bias)
+    # Half-precision products are exact in fp32, so this is the GEMM's fp32 accumulation, unrounded.
+    return F.linear(x.to(out_dtype), weight.to(out_dtype), None if bias is None else bias.to(out_dtype))
 
 
 @linear.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+def _(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype or x.dtype)
