@@ -60,6 +60,28 @@ def test_one_shot_sums_and_norms_over_calls(interpreted, assert_matches, referen
     assert torch.equal(rank1_slot0[:48], xs[1][0])
 
 
+def test_one_shot_rounds_fp32_partial_sums_to_the_models_dtype(interpreted, assert_matches, reference):
+    """What a widened graph (passes/widen_partial_sums.py) asks: sum fp32 partials, round once to bf16."""
+    all_reduce = interpreted("all_reduce")
+    _, ranks, rank1_flags = _two_ranks(all_reduce, torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2, 48, generator=gen) for _ in "01"]
+    residual, weight = torch.randn(2, 48, generator=gen).bfloat16(), torch.ones(48, dtype=torch.bfloat16)
+    expected_sum = (xs[0] + xs[1]).bfloat16()
+    for call, fused in ((1, False), (2, True)):
+        rank1_flags[:2, 0] = call
+        if fused:
+            ranks[1].all_reduce_add_rms_norm(xs[1], residual, weight, EPS, dtype=torch.bfloat16)
+            out, summed = ranks[0].all_reduce_add_rms_norm(xs[0], residual, weight, EPS, dtype=torch.bfloat16)
+            ref_out, ref_summed = reference(torch.ops.trtllm.add_rms_norm, expected_sum, residual, weight, EPS)
+            assert summed.dtype == torch.bfloat16
+            assert_matches(summed, ref_summed)
+            assert_matches(out, ref_out)
+        else:
+            ranks[1].all_reduce(xs[1], torch.bfloat16)
+            assert_matches(ranks[0].all_reduce(xs[0], torch.bfloat16), expected_sum)
+
+
 def test_one_shot_takes_only_what_fits(interpreted):
     all_reduce = interpreted("all_reduce")
     _, (rank0, _), _ = _two_ranks(all_reduce, torch.float32)

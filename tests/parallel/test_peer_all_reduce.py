@@ -30,13 +30,13 @@ class _ThreadReducer:
         self.group, self.rank, self.group_name = group, rank, group_name
         self.calls = self.fused_calls = 0
 
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+    def all_reduce(self, x: torch.Tensor, dtype=None) -> torch.Tensor:
         self.calls += 1
-        return self.group.all_reduce(x, self.rank)
+        return self.group.all_reduce(x, self.rank).to(dtype or x.dtype)
 
-    def all_reduce_add_rms_norm(self, x, residual, weight, eps, unit_offset=False):
+    def all_reduce_add_rms_norm(self, x, residual, weight, eps, unit_offset=False, dtype=None):
         self.fused_calls += 1
-        return torch.ops.trtllm.add_rms_norm(self.all_reduce(x), residual, weight, eps, unit_offset)
+        return torch.ops.trtllm.add_rms_norm(self.all_reduce(x, dtype), residual, weight, eps, unit_offset)
 
 
 def test_bound_graph_calls_the_reducer_for_every_all_reduce_and_keeps_the_logits():
@@ -73,6 +73,38 @@ def test_bound_graph_calls_the_reducer_for_every_all_reduce_and_keeps_the_logits
     assert rel_err(got[0], expected) <= FP32_REL_TOL
     assert torch.equal(got[0], got[1])
     assert [(r.calls, r.fused_calls) for r in reducers] == [(1 + 2 * layers, 2 * layers)] * 2
+
+
+def test_bound_bf16_graph_folds_the_rounding_of_its_fp32_sums_and_keeps_every_logit():
+    """A bf16 graph's all-reduces sum fp32 and round after (passes/widen_partial_sums.py): the binding takes the
+    rounding into the reducer's call, and the logits are those of the same graphs left on emulated collectives."""
+    model = TINY_MODELS["llama"].build().bfloat16()
+    layers = model.config.num_hidden_layers
+    ranks = [TensorParallelConfig(rank, 2, "tp") for rank in range(2)]
+    prompt = [([5, 17, 200, 3, 9], 0)]
+    logits = []
+    for bind in (False, True):
+        graphs, group = build_sharded_step_graphs(model, ranks), ThreadGroup(2)
+        for rank, step in enumerate(graphs):
+            gm = step.graph_module
+            place_constants(gm, torch.device("cpu"))
+            if bind:
+                casts = sum(is_op(n, torch.ops.aten._to_copy.default) for n in gm.graph.nodes)
+                assert all_reduce_dtypes(gm) == {torch.float32}
+                assert bind_peer_all_reduce(gm, _ThreadReducer(group, rank, "tp")) == (1 + 2 * layers, 2 * layers)
+                # every rounding after a sum went into the reducer's call
+                assert sum(is_op(n, torch.ops.aten._to_copy.default) for n in gm.graph.nodes) == casts - 1 - 2 * layers
+            emulate_collectives(gm, group, rank)
+        caches = [
+            torch.zeros(
+                s.geometry.num_layers, 2, 4, BLOCK_SIZE, s.geometry.num_kv_heads, s.geometry.head_dim
+            ).bfloat16()
+            for s in graphs
+        ]
+        inputs = [step_inputs(prompt, cache, BLOCK_SIZE) for cache in caches]
+        calls = [lambda s=s, x=x: s.graph_module(*x)[0] for s, x in zip(graphs, inputs, strict=True)]
+        logits.append(run_ranks(calls)[0])
+    assert logits[0].dtype == torch.bfloat16 and torch.equal(logits[0], logits[1])
 
 
 def test_binding_leaves_other_groups_to_nccl():
@@ -165,6 +197,14 @@ def _two_gpu_rank(rank: int, port: int, results) -> None:
                 expected = chain(static.clone(), nccl, nccl_add_rms_norm)
                 replays_match &= _same(captured[0], expected[0]) and _same(captured[1], expected[1])
             checks[f"{dtype} graph"] = replays_match
+            if dtype == torch.float32:  # a widened graph's sums (passes/widen_partial_sums.py): rounded to bf16
+                half = torch.bfloat16
+                residual, half_weight = x.to(half), weight.to(half)
+                checks["fp32 sums rounded to bf16"] = _same(reducer.all_reduce(x, half), nccl(x).to(half))
+                checks["fp32 sums rounded to bf16, fused"] = _same(
+                    reducer.all_reduce_add_rms_norm(x, residual, half_weight, 1e-5, dtype=half),
+                    norm.add_rms_norm(nccl(x).to(half), residual, half_weight, 1e-5),
+                )
             big = torch.randn(40, width, dtype=dtype, device=device, generator=generator)  # over 64 KiB: NCCL
             checks[f"{dtype} big"] = not reducer.takes(big) and _same(reducer.all_reduce(big), nccl(big))
         results[rank] = checks

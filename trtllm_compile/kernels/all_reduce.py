@@ -55,6 +55,7 @@ def _one_shot_kernel(
     WORLD: tl.constexpr,
     FLAGS: tl.constexpr,  # FLAG_BYTES and MAX_WORLD, passed in: a kernel reads no module globals
     FLAGS_PER_ROW: tl.constexpr,
+    ROUND_TO: tl.constexpr,  # the sum's dtype: x's, or the model's when x holds fp32 partial sums
     NORM: tl.constexpr,
     UNIT_OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -88,11 +89,11 @@ def _one_shot_kernel(
         else:
             slot = (_buffer(buffers_ptr, peer) + FLAGS).to(tl.pointer_type(dtype))
             acc += tl.load(slot + slot_row + cols, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    reduced = acc.to(dtype)
+    reduced = acc.to(ROUND_TO)
     if NORM:
         rms_norm_row(
             reduced.to(tl.float32), cols, mask, res_ptr + row * N, sum_ptr + row * N, w_ptr, out_ptr + row * N,
-            N, eps, dtype, True, UNIT_OFFSET,
+            N, eps, ROUND_TO, True, UNIT_OFFSET,
         )  # fmt: skip
     else:
         tl.store(out_ptr + row * N + cols, reduced, mask=mask)
@@ -100,6 +101,7 @@ def _one_shot_kernel(
 
 
 INTERPRETED: bool = is_interpreted(_one_shot_kernel)
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _row_stride(row_width: int) -> int:
@@ -133,23 +135,30 @@ class OneShotRows:
         width = x.shape[-1]
         return 0 < width <= self.row_width and 0 < x.numel() // width <= self.max_rows
 
-    def all_reduce(self, x: Tensor) -> Tensor:
-        """The sum of every rank's `x` (`takes(x)` must hold)."""
-        out = torch.empty_like(x)
-        self._launch(x, out)
+    def all_reduce(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The sum of every rank's `x` (`takes(x)` must hold), rounded to `dtype` (default x's)."""
+        out = torch.empty_like(x, dtype=dtype or x.dtype)
+        self._launch(x, out, out.dtype)
         return out
 
     def all_reduce_add_rms_norm(
-        self, x: Tensor, residual: Tensor, weight: Tensor, eps: float, unit_offset: bool = False
+        self,
+        x: Tensor,
+        residual: Tensor,
+        weight: Tensor,
+        eps: float,
+        unit_offset: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """`ops.norm.add_rms_norm(sum of every rank's x, residual, ...)`: (normed, sum + residual)."""
+        """`ops.norm.add_rms_norm(all_reduce(x, dtype), residual, ...)`: (normed, sum + residual)."""
+        dtype = dtype or x.dtype
         residual = residual.expand(x.shape).contiguous()
-        summed = torch.empty_like(x, dtype=torch.promote_types(x.dtype, residual.dtype))
+        summed = torch.empty_like(x, dtype=torch.promote_types(dtype, residual.dtype))
         out = torch.empty_like(summed, dtype=normed_dtype(summed.dtype, weight, unit_offset))
-        self._launch(x, out, residual, summed, weight.contiguous(), eps, unit_offset)
+        self._launch(x, out, dtype, residual, summed, weight.contiguous(), eps, unit_offset)
         return out, summed
 
-    def _launch(self, x, out, residual=None, summed=None, weight=None, eps=0.0, unit_offset=False) -> None:
+    def _launch(self, x, out, dtype, residual=None, summed=None, weight=None, eps=0.0, unit_offset=False) -> None:
         width = x.shape[-1]
         block_n = triton.next_power_of_2(width)
         norm = weight is not None
@@ -157,5 +166,6 @@ class OneShotRows:
             x, out, residual if norm else x, summed if norm else out, weight if norm else x,
             self.buffers, self.counters, width, self.row_stride, self.max_rows * self.row_stride, eps,
             RANK=self.rank, WORLD=self.world_size, FLAGS=FLAG_BYTES, FLAGS_PER_ROW=MAX_WORLD,
-            NORM=norm, UNIT_OFFSET=unit_offset, BLOCK_N=block_n, num_warps=max(1, min(16, block_n // 512)),
+            ROUND_TO=_TRITON_DTYPES[dtype], NORM=norm, UNIT_OFFSET=unit_offset,
+            BLOCK_N=block_n, num_warps=max(1, min(16, block_n // 512)),
         )  # fmt: skip

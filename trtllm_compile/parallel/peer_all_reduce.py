@@ -21,7 +21,7 @@ import torch
 import torch.fx
 from torch import Tensor
 
-from trtllm_compile.fx_utils import is_op, val
+from trtllm_compile.fx_utils import aten, is_op, val
 from trtllm_compile.kernels import CUDA_KERNELS
 from trtllm_compile.parallel.collectives import c10d
 
@@ -95,18 +95,26 @@ class PeerAllReduce:
     def takes(self, x: Tensor) -> bool:
         return self.rows.takes(x)
 
-    def all_reduce(self, x: Tensor) -> Tensor:
+    def all_reduce(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The sum of every rank's `x`, rounded to `dtype` (default x's: see passes/widen_partial_sums.py)."""
         if self.rows.takes(x):
-            return self.rows.all_reduce(x)
-        return c10d.wait_tensor(c10d.all_reduce(x, "sum", self.group_name))
+            return self.rows.all_reduce(x, dtype)
+        summed = c10d.wait_tensor(c10d.all_reduce(x, "sum", self.group_name))
+        return summed if dtype is None else summed.to(dtype)
 
     def all_reduce_add_rms_norm(
-        self, x: Tensor, residual: Tensor, weight: Tensor, eps: float, unit_offset: bool = False
+        self,
+        x: Tensor,
+        residual: Tensor,
+        weight: Tensor,
+        eps: float,
+        unit_offset: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """`add_rms_norm(all_reduce(x), residual, weight, eps, unit_offset)`, in one kernel where it fits."""
+        """`add_rms_norm(all_reduce(x, dtype), residual, weight, eps, unit_offset)`, in one kernel where it fits."""
         if self.rows.takes(x):
-            return self.rows.all_reduce_add_rms_norm(x, residual, weight, eps, unit_offset)
-        return self._add_rms_norm(self.all_reduce(x), residual, weight, eps, unit_offset)
+            return self.rows.all_reduce_add_rms_norm(x, residual, weight, eps, unit_offset, dtype)
+        return self._add_rms_norm(self.all_reduce(x, dtype), residual, weight, eps, unit_offset)
 
 
 def all_reduce_dtypes(gm: torch.fx.GraphModule) -> set[torch.dtype]:
@@ -124,10 +132,18 @@ class BoundAllReduces(NamedTuple):
     fused: int  # of them, those that took the residual add + RMSNorm after them into the same call
 
 
+def _rounding(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The cast to the model's dtype that follows a widened all-reduce (passes/widen_partial_sums.py), if any."""
+    (user, *others) = node.users
+    if not others and is_op(user, aten._to_copy.default) and set(user.kwargs) == {"dtype"}:
+        return user
+    return None
+
+
 def bind_peer_all_reduce(gm: torch.fx.GraphModule, reducer: PeerAllReduce) -> BoundAllReduces:
-    """Point the graph's sum all-reduces over the reducer's group (each an all_reduce and its wait_tensor) at
-    `reducer.all_reduce`, or, where the sum's one use is an add_rms_norm, that norm at
-    `reducer.all_reduce_add_rms_norm`."""
+    """Point the graph's sum all-reduces over the reducer's group (each an all_reduce, its wait_tensor and the
+    cast that rounds a widened sum) at `reducer.all_reduce`, or, where the sum's one use is an add_rms_norm,
+    that norm at `reducer.all_reduce_add_rms_norm`."""
     add_rms_norms = {torch.ops.trtllm.add_rms_norm.default, CUDA_KERNELS.get("trtllm::add_rms_norm")}
     bound = fused = 0
     for node in list(gm.graph.nodes):
@@ -136,14 +152,22 @@ def bind_peer_all_reduce(gm: torch.fx.GraphModule, reducer: PeerAllReduce) -> Bo
         for wait in [user for user in node.users if is_op(user, c10d.wait_tensor.default)]:
             wait.replace_all_uses_with(node)
             gm.graph.erase_node(wait)
-        partial, (user, *others) = node.args[0], list(node.users)
         bound += 1
-        if not others and user.target in add_rms_norms and user.args[:2].count(node) == 1:
-            residual = user.args[1] if user.args[0] is node else user.args[0]  # x + residual is symmetric
+        partial, cast = node.args[0], _rounding(node)
+        rounded = {"dtype": cast.kwargs["dtype"]} if cast is not None else {}
+        result = cast or node  # the node whose users take the sum
+        (user, *others) = result.users
+        if not others and user.target in add_rms_norms and user.args[:2].count(result) == 1:
+            residual = user.args[1] if user.args[0] is result else user.args[0]  # x + residual is symmetric
             user.target, user.args = reducer.all_reduce_add_rms_norm, (partial, residual, *user.args[2:])
-            gm.graph.erase_node(node)
+            user.kwargs = {**user.kwargs, **rounded}
             fused += 1
         else:
-            node.target, node.args = reducer.all_reduce, (partial,)
+            reduced = gm.graph.call_function(reducer.all_reduce, (partial,), rounded)
+            result.replace_all_uses_with(reduced)
+            result.append(reduced)
+        for dead in (cast, node):
+            if dead is not None:
+                gm.graph.erase_node(dead)
     gm.recompile()
     return BoundAllReduces(bound, fused)
