@@ -132,6 +132,19 @@ def test_tuner_times_plans_in_cuda_graphs_and_falls_back_to_eager(interpreted, m
     assert tuning._tune(*args) == plans[1]
 
 
+def test_tuner_reports_running_out_of_memory(monkeypatch):
+    """Out of memory while timing is no reason to skip a plan (every plan would fail): the error names the fix."""
+    from trtllm_compile.kernels import tuning
+
+    def graph_ms(fn, device):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(tuning, "_graph_ms", graph_ms)
+    monkeypatch.setattr(tuning, "_bench_ms", lambda fn: pytest.fail("an out-of-memory plan was retried eagerly"))
+    with pytest.raises(torch.OutOfMemoryError, match="gpu_memory_fraction"):
+        tuning._tune((1, 8, 64, torch.device("cpu")), lambda plan: None, ["a", "b"])
+
+
 # ---------------------------------------------------------------- GPU: Llama-2-7B shapes
 
 

@@ -60,6 +60,11 @@ def _tune(key: tuple, run: Callable[[P], object], candidates: Sequence[P]) -> P:
         for plan in candidates:
             try:
                 times[plan] = timer(lambda plan=plan: run(plan))
+            except torch.OutOfMemoryError as error:  # no plan would run either: say so, not "no plan ran"
+                raise torch.OutOfMemoryError(
+                    f"out of GPU memory while timing the plans of {key} (their outputs, workspaces and a 256 MiB "
+                    "L2 sweep): leave more room beside the KV cache (a lower gpu_memory_fraction, or num_blocks)"
+                ) from error
             except Exception as error:  # a tile that does not fit this GPU (shared memory, registers): skip it
                 logger.debug("gemv plan %s failed for %s: %s", plan, key, error)
         if times:
