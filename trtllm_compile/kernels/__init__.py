@@ -12,6 +12,7 @@ a small kernel, and an eager prefill makes hundreds of such calls.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -78,6 +79,14 @@ def register_cuda_kernels() -> bool:
         register_cuda_kernel(name, fn)
     _registered = True
     return True
+
+
+@functools.cache
+def tl_dtype(dtype: torch.dtype):
+    """The `triton.language` dtype of a float torch dtype, for a kernel's dtype constexpr (imports Triton)."""
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
 def is_interpreted(kernel: object) -> bool:

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted
+from trtllm_compile.kernels import is_interpreted, tl_dtype
 from trtllm_compile.kernels.norm import normed_dtype, rms_norm_row
 
 MAX_ROWS = 256  # one program per row; more would not all be resident at once, and waiting programs need peers
@@ -101,7 +101,6 @@ def _one_shot_kernel(
 
 
 INTERPRETED: bool = is_interpreted(_one_shot_kernel)
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _row_stride(row_width: int) -> int:
@@ -166,6 +165,6 @@ class OneShotRows:
             x, out, residual if norm else x, summed if norm else out, weight if norm else x,
             self.buffers, self.counters, width, self.row_stride, self.max_rows * self.row_stride, eps,
             RANK=self.rank, WORLD=self.world_size, FLAGS=FLAG_BYTES, FLAGS_PER_ROW=MAX_WORLD,
-            ROUND_TO=_TRITON_DTYPES[dtype], NORM=norm, UNIT_OFFSET=unit_offset,
+            ROUND_TO=tl_dtype(dtype), NORM=norm, UNIT_OFFSET=unit_offset,
             BLOCK_N=block_n, num_warps=max(1, min(16, block_n // 512)),
         )  # fmt: skip

@@ -591,8 +591,8 @@ def gemv(
     plan: Plan | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold); `plan` forces one.
-    `out_dtype` float32 returns the fp32 sums unrounded."""
+    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold; the CUBLAS plan takes
+    any rows); `plan` forces one. `out_dtype` float32 returns the fp32 sums unrounded."""
     x2, y, y2 = _rows_and_output(x, weight, out_dtype)
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
     return y
@@ -625,5 +625,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: tor
         return gemv(x, weight, bias, out_dtype=out_dtype)
     if out_dtype is None:
         return F.linear(x, weight, bias)
-    y = torch.ops.aten.mm.dtype(rows_view(x), weight.t(), out_dtype).view(*x.shape[:-1], weight.shape[0])
-    return y if bias is None else y.add_(bias)
+    return gemv(x, weight, bias, plan=CUBLAS, out_dtype=out_dtype)  # any row count

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import autotune, is_interpreted
+from trtllm_compile.kernels import autotune, is_interpreted, tl_dtype
 
 _CONFIGS = [triton.Config({"BLOCK_ROWS": r}, num_warps=w) for r, w in ((4, 4), (1, 1), (2, 2), (8, 4), (16, 8))]
 
@@ -90,8 +90,6 @@ def _rope_kernel(
 _rope_tuned = autotune(_CONFIGS, key=["HALF", "HEAD_DIM"])(_rope_kernel)
 INTERPRETED: bool = is_interpreted(_rope_kernel)
 
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
 
 def _as_4d(t: Tensor) -> Tensor:
     if t.dim() > 4:
@@ -136,7 +134,7 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
         HALF=half,
         HEAD_DIM=head_dim,
         INTERLEAVED=interleaved,
-        COMPUTE_DTYPE=_TL_DTYPE[compute],
+        COMPUTE_DTYPE=tl_dtype(compute),
         BLOCK_H=triton.next_power_of_2(max(half, 1)),
         BLOCK_P=triton.next_power_of_2(max(head_dim - rotary_dim, 1)),
     )
