@@ -155,3 +155,18 @@ def test_head_split_that_no_rank_layout_allows_names_the_fix():
 def test_vocab_split_pads_to_an_even_share():
     shards = [shard_vocab(10, 4, rank) for rank in range(4)]
     assert [(s.start, s.end, s.padded) for s in shards] == [(0, 3, 3), (3, 6, 3), (6, 9, 3), (9, 10, 3)]
+
+
+def test_placing_a_rank_graph_moves_its_constants_and_the_devices_export_recorded():
+    """A bf16 model's RoPE casts its fp32 inv_freq with `.to(x.device, float32)`: export records the device it
+    traced on (the host, for ranks), which must follow the constants to the rank's device."""
+    (step,) = build_sharded_step_graphs(TINY_MODELS["llama"].build().bfloat16(), [TensorParallelConfig(0, 2)])
+    gm = step.graph_module
+
+    def devices():
+        return {a for n in gm.graph.nodes for a in (*n.args, *n.kwargs.values()) if isinstance(a, torch.device)}
+
+    assert devices() == {torch.device("cpu")}
+    place_constants(gm, torch.device("meta"))
+    assert devices() == {torch.device("meta")}
+    assert {b.device for b in gm.buffers()} == {torch.device("meta")}

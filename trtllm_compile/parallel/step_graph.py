@@ -36,10 +36,17 @@ def build_sharded_step_graphs(
 
 def place_constants(gm: torch.fx.GraphModule, device: torch.device) -> None:
     """Move the constants the graph reads (buffers, see fx_utils.add_constant) to `device` and drop the others
-    (the unfused and unsharded weights export and fusion left behind), so the device holds this rank's shards."""
+    (the unfused and unsharded weights export and fusion left behind), so the device holds this rank's shards.
+    Device arguments the export recorded (where it traced: `inv_freq.to(x.device, float32)` of a bf16 model's
+    RoPE) are pointed at `device` too."""
     used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for name in list(gm._buffers):
         if name not in used:
             del gm._buffers[name]
         elif gm._buffers[name] is not None:
             gm._buffers[name] = gm._buffers[name].to(device)
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
+            node.kwargs = {k: device if isinstance(v, torch.device) else v for k, v in node.kwargs.items()}
+    gm.recompile()
