@@ -19,12 +19,16 @@ class CompileConfig:
         cannot see it (Hugging Face folds it into the mask), so the runtime reads it from the model config.
     quantization: a calibrated `QuantConfig` for the QUANTIZE passes (see `trtllm_compile.quantization`).
     tensor_parallel: this rank's `TensorParallelConfig` for the SHARD pass (set by the tensor-parallel runtime).
+    tp_invariant: 2 makes the runtime's outputs bit-identical at tensor_parallel_size 1 and 2 (0: off): one GPU
+        sums its row-parallel GEMMs as two ranks do (passes/split_row_parallel_sums.py) and every kernel runs a
+        plan fixed by the row count (`kernels.fixed_plans`). Slower: for reproducibility checks, not serving.
     """
 
     disable_passes: frozenset[str] = field(default_factory=frozenset)
     sliding_windows: tuple[int, ...] = ()
     quantization: QuantConfig | None = None
     tensor_parallel: TensorParallelConfig | None = None
+    tp_invariant: int = 0
 
     @classmethod
     def from_options(cls, options: dict | None) -> CompileConfig:

@@ -256,3 +256,22 @@ def test_trtllm_linear_dispatches_by_rows_gpu(cuda_ops, assert_matches, monkeypa
         )
         atol, rtol = GEMM_VS_CUBLAS[x.dtype]
         torch.testing.assert_close(out.view(m, n), F.linear(x, weight, bias), atol=atol, rtol=rtol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 200])  # every GEMV bucket kind, and the GEMM tile past 16 rows
+def test_fixed_plans_compute_every_column_shard_bit_for_bit_gpu(gemv_gpu, assert_matches, m):
+    """Inside kernels.fixed_plans() the plan follows the row count only: the first half of W's rows gives
+    exactly the first half of the outputs (what tensor-parallel invariance needs), and both are right."""
+    from trtllm_compile.kernels import fixed_plans
+
+    n, k = LLAMA_2_7B["qkv"]
+    x, weight, bias = _inputs(m, n, k, torch.bfloat16, "cuda", bias=True, row_stride=2 * k)
+    with fixed_plans():
+        full = gemv_gpu.linear(x, weight, bias)
+        half = gemv_gpu.linear(x, weight[: n // 2], bias[: n // 2])
+        sums = gemv_gpu.linear(x, weight[: n // 2], out_dtype=torch.float32)
+    assert torch.equal(half, full[:, : n // 2])
+    assert_matches(full, _fp32_reference(x, weight, bias))
+    torch.testing.assert_close(sums, F.linear(x.float(), weight[: n // 2].float()), atol=1e-4, rtol=1e-4)
+    assert gemv_gpu.fixed_plan(m).split_k == 1 and gemv_gpu.fixed_plan(m).path != "cublas"

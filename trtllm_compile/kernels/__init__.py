@@ -12,11 +12,12 @@ a small kernel, and an eager prefill makes hundreds of such calls.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.fx
@@ -27,6 +28,27 @@ TRITON_AVAILABLE: bool = importlib.util.find_spec("triton") is not None
 
 CUDA_KERNELS: dict[str, Callable] = {}  # op name ("trtllm::rope") -> its CUDA implementation
 _registered = False
+_fixed_plans = False
+
+
+@contextlib.contextmanager
+def fixed_plans(enabled: bool = True) -> Iterator[None]:
+    """Inside, every kernel takes a plan fixed by its row count: no autotuning (timing picks differently from
+    run to run), no plan from a GEMM's N or from the attention's head count, no cuBLAS (its kernel follows the
+    shape). A GEMM's output then has one summation order however its columns are sharded, which is what
+    bit-identical outputs across tensor-parallel sizes need (CompileConfig.tp_invariant). Plans met inside are
+    not cached for use outside, and the reverse."""
+    global _fixed_plans
+    previous, _fixed_plans = _fixed_plans, enabled
+    try:
+        yield
+    finally:
+        _fixed_plans = previous
+
+
+def plans_fixed() -> bool:
+    """Whether the caller runs inside `fixed_plans()`."""
+    return _fixed_plans
 
 
 def register_cuda_kernel(name: str, fn: Callable) -> Callable:
@@ -110,8 +132,8 @@ class _FirstConfig:
 
 class _Autotuned:
     """`triton.autotune` (cached per value of `key` and per argument dtype), except: under the interpreter,
-    which cannot time kernels, and while TRTLLM_TRITON_AUTOTUNE=0 (tests: one compile per shape instead of
-    one per config), the first config runs."""
+    which cannot time kernels, while TRTLLM_TRITON_AUTOTUNE=0 (tests: one compile per shape instead of one per
+    config), and inside `fixed_plans()`, the first config runs."""
 
     def __init__(self, kernel, configs: Sequence, key: Sequence[str]) -> None:
         import triton
@@ -120,7 +142,7 @@ class _Autotuned:
         self.tuned = None if is_interpreted(kernel) else triton.autotune(list(configs), list(key))(kernel)
 
     def __getitem__(self, grid):
-        if self.tuned is None or os.environ.get("TRTLLM_TRITON_AUTOTUNE", "1") == "0":
+        if self.tuned is None or _fixed_plans or os.environ.get("TRTLLM_TRITON_AUTOTUNE", "1") == "0":
             return self.first[grid]
         return self.tuned[grid]
 

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted, rows_view
+from trtllm_compile.kernels import is_interpreted, plans_fixed, rows_view
 from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 from trtllm_compile.kernels.tuning import cached_plan
 
@@ -448,6 +448,15 @@ FP8_CANDIDATES: dict[int, list[Plan]] = {
 }
 FP8_MAX_ROWS = max(FP8_CANDIDATES)
 
+# Inside `kernels.fixed_plans()` (tensor-parallel invariance): the default plan of each row bucket (none splits
+# K), and past MAX_ROWS a tensor-core GEMM tile instead of cuBLAS. One plan for every N and K, so an output of a
+# GEMM and of any column shard of it has the same summation order.
+FIXED_GEMM_PLAN = dot_plan(128, 64, num_stages=4, block_m=64)
+
+
+def fixed_plan(rows: int) -> Plan:
+    return CANDIDATES[row_bucket(rows)][0] if rows <= MAX_ROWS else FIXED_GEMM_PLAN
+
 
 class Fp8Scales(NamedTuple):
     """Static FP8 scaling of a GEMV over an FP8 E4M3 weight (see `ops.quant.fp8_linear`): x is quantized with
@@ -485,13 +494,14 @@ def _streamable(x: Tensor, weight: Tensor, max_rows: int) -> bool:
     return 0 < x.numel() // k <= max_rows
 
 
-def supports(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether `linear(x, weight, bias)` takes the skinny-GEMM kernels (else it runs `F.linear`)."""
+def supports(x: Tensor, weight: Tensor, bias: Tensor | None, max_rows: int = MAX_ROWS) -> bool:
+    """Whether `linear(x, weight, bias)` takes the skinny-GEMM kernels (else it runs `F.linear`): up to
+    `max_rows` rows of fp16 / bf16."""
     if x.dtype not in HALF_DTYPES or weight.dtype != x.dtype:
         return False
     if bias is not None and (bias.dtype != x.dtype or bias.shape != weight.shape[:1]):
         return False
-    return _streamable(x, weight, MAX_ROWS)
+    return _streamable(x, weight, max_rows)
 
 
 def supports_fp8(
@@ -591,8 +601,8 @@ def gemv(
     plan: Plan | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold; the CUBLAS plan takes
-    any rows); `plan` forces one. `out_dtype` float32 returns the fp32 sums unrounded."""
+    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold; the CUBLAS plan and
+    dot plans take any rows); `plan` forces one. `out_dtype` float32 returns the fp32 sums unrounded."""
     x2, y, y2 = _rows_and_output(x, weight, out_dtype)
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
     return y
@@ -616,11 +626,14 @@ def fp8_gemv(
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """CUDA implementation of `trtllm::linear`: the skinny-GEMM kernels up to MAX_ROWS rows, else cuBLAS; with
-    `out_dtype` float32 (half x) both return the fp32 sums unrounded."""
+    `out_dtype` float32 (half x) both return the fp32 sums unrounded. Inside `kernels.fixed_plans()`, every
+    fp16 / bf16 GEMM runs `fixed_plan` of its row count."""
     if out_dtype == x.dtype:
         out_dtype = None
     if out_dtype not in (None, torch.float32):
         raise ValueError(f"trtllm::linear returns x's dtype or float32 sums, not {out_dtype}")
+    if plans_fixed() and supports(x, weight, bias, max_rows=x.numel()):
+        return gemv(x, weight, bias, plan=fixed_plan(x.numel() // x.shape[-1]), out_dtype=out_dtype)
     if supports(x, weight, bias):
         return gemv(x, weight, bias, out_dtype=out_dtype)
     if out_dtype is None:

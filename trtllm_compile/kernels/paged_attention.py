@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import autotune, is_interpreted
+from trtllm_compile.kernels import autotune, is_interpreted, plans_fixed
 from trtllm_compile.kernels.activation import tanh
 from trtllm_compile.ops.paged_attention import load_kv
 
@@ -213,7 +213,9 @@ def paged_decode_attention(
     block_tables, seq_lens = block_tables.contiguous(), seq_lens.contiguous()
     if n_seq == 0:
         return out
-    splits = num_splits or plan_splits(n_seq * hkv, block_tables.shape[1] * page, q.device)
+    # Fixed plans: splits from the sequences alone, so a rank with half the heads splits each head alike.
+    programs = n_seq if plans_fixed() else n_seq * hkv
+    splits = num_splits or plan_splits(programs, block_tables.shape[1] * page, q.device)
     min_partition = 1 if num_splits else _MIN_PARTITION  # forced splits split any context (tests)
     group = hq // hkv
     use_dot = group > 2

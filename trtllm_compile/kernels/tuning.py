@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import torch
 
+from trtllm_compile.kernels import plans_fixed
+
 logger = logging.getLogger(__name__)
 
 _L2_SWEEP_BYTES = 256 << 20  # larger than any GPU's L2: read before each timed run of a plan
@@ -79,8 +81,10 @@ def _tune(key: tuple, run: Callable[[P], object], candidates: Sequence[P]) -> P:
 
 def cached_plan(key: tuple, candidates: Sequence[P], run: Callable[[P], object]) -> P:
     """The plan cached for `key` (a tuple ending with the device). The first call times `candidates` (`run(plan)`
-    launches one) unless tuning is off (TRTLLM_TRITON_AUTOTUNE=0, a device other than CUDA: Triton's
-    interpreter, or inside a CUDA-graph capture): then the first candidate, the default."""
+    launches one) unless tuning is off (TRTLLM_TRITON_AUTOTUNE=0, `kernels.fixed_plans()`, a device other than
+    CUDA: Triton's interpreter, or inside a CUDA-graph capture): then the first candidate, the default."""
+    if plans_fixed():
+        return candidates[0]
     plan = plans.get(key)
     if plan is not None:
         return plan

@@ -140,10 +140,10 @@ def _rounding(node: torch.fx.Node) -> torch.fx.Node | None:
     return None
 
 
-def bind_peer_all_reduce(gm: torch.fx.GraphModule, reducer: PeerAllReduce) -> BoundAllReduces:
+def bind_peer_all_reduce(gm: torch.fx.GraphModule, reducer: PeerAllReduce, fuse_norm: bool = True) -> BoundAllReduces:
     """Point the graph's sum all-reduces over the reducer's group (each an all_reduce, its wait_tensor and the
-    cast that rounds a widened sum) at `reducer.all_reduce`, or, where the sum's one use is an add_rms_norm,
-    that norm at `reducer.all_reduce_add_rms_norm`."""
+    cast that rounds a widened sum) at `reducer.all_reduce`, or, with `fuse_norm` where the sum's one use is an
+    add_rms_norm, that norm at `reducer.all_reduce_add_rms_norm`."""
     add_rms_norms = {torch.ops.trtllm.add_rms_norm.default, CUDA_KERNELS.get("trtllm::add_rms_norm")}
     bound = fused = 0
     for node in list(gm.graph.nodes):
@@ -157,7 +157,7 @@ def bind_peer_all_reduce(gm: torch.fx.GraphModule, reducer: PeerAllReduce) -> Bo
         rounded = {"dtype": cast.kwargs["dtype"]} if cast is not None else {}
         result = cast or node  # the node whose users take the sum
         (user, *others) = result.users
-        if not others and user.target in add_rms_norms and user.args[:2].count(result) == 1:
+        if fuse_norm and not others and user.target in add_rms_norms and user.args[:2].count(result) == 1:
             residual = user.args[1] if user.args[0] is result else user.args[0]  # x + residual is symmetric
             user.target, user.args = reducer.all_reduce_add_rms_norm, (partial, residual, *user.args[2:])
             user.kwargs = {**user.kwargs, **rounded}

@@ -67,6 +67,7 @@ class GemmArgs:
 
 GEMMS = {
     aten.linear.default: GemmArgs(weight=1, bias=2),
+    trtllm.linear.default: GemmArgs(weight=1, bias=2),  # aten.linear lowered (passes/lower_linear.py)
     trtllm.fp8_linear.default: GemmArgs(weight=1, bias=4, per_row=(2,), per_input=(3,)),
     trtllm.int8_linear.default: GemmArgs(weight=1, bias=4, per_row=(2,), per_input=(3,)),
     trtllm.int4_linear.default: GemmArgs(weight=1, bias=5, per_row=(2, 3), per_group=(2, 3), group_size=4, packed=True),

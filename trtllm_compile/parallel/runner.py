@@ -110,7 +110,8 @@ class TensorParallelRunner(ModelRunner):
         except RuntimeError as error:  # GPUs without peer access, or torch built without symmetric memory
             logger.warning("all-reduces on NCCL: no symmetric memory between the GPUs (%s)", error)
             return None
-        bound, fused = bind_peer_all_reduce(gm, reducer)
+        # Fixed plans (tp_invariant): the norm stays in its own kernel, as on one GPU; fused, it reduces otherwise.
+        bound, fused = bind_peer_all_reduce(gm, reducer, fuse_norm=not self.tp_invariant)
         logger.info(
             "%d all-reduces (%d with the residual add + RMSNorm after them in the same kernel): up to %d rows over "
             "peer memory (one-shot), more on NCCL",

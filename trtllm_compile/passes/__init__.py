@@ -24,6 +24,7 @@ from trtllm_compile.passes import (  # noqa: F401
     select_logits,
     insert_kv_cache_tensorrt,
     lower_linear,
+    split_row_parallel_sums,
     widen_partial_sums,
 )
 from trtllm_compile.passes.registry import (

@@ -70,16 +70,21 @@ _LAYOUT = (
 
 
 @dataclass
-class _Unit:
-    """One attention or MLP block: its column-parallel GEMMs (by their consumers), its row-parallel GEMM and the
-    reshapes whose explicit sizes change."""
+class Block:
+    """One attention or MLP block: its column-parallel GEMMs (by their consumers), its row-parallel GEMM with every
+    rank's input columns of it, and the reshapes whose explicit sizes change."""
 
     kind: str
+    rank: int
     parts: dict[torch.fx.Node, list[Part]] = field(default_factory=dict)
     row: torch.fx.Node | None = None
-    row_keep: tuple[int, int] = (0, 0)
+    row_keeps: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each rank, in rank order
     reshapes: list[tuple[torch.fx.Node, list]] = field(default_factory=list)
     multipliers: list[torch.fx.Node] = field(default_factory=list)  # x * per-channel scale before the row GEMM
+
+    @property
+    def row_keep(self) -> tuple[int, int]:
+        return self.row_keeps[self.rank]
 
 
 def _source(node: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, int, int]:
@@ -142,14 +147,14 @@ def _trace_forward(node: torch.fx.Node) -> tuple[torch.fx.Node, list[torch.fx.No
     raise NotShardable(f"{node} does not feed one GEMM through layout ops only")
 
 
-def _set_row(unit: _Unit, node: torch.fx.Node, keeps: list[tuple[int, int]], rank: int, full: int, per_row: int):
-    """The unit's row-parallel GEMM after `node`, keeping input columns keeps[rank] (keeps: every rank's)."""
+def _set_row(unit: Block, node: torch.fx.Node, keeps: list[tuple[int, int]], full: int, per_row: int):
+    """The unit's row-parallel GEMM after `node`, keeping input columns keeps[unit.rank] (keeps: every rank's)."""
     unit.row, chain = _trace_forward(node)
     blocker = row_split_blocker(unit.row, keeps)
     if blocker is not None:
         raise NotShardable(f"{blocker}; the whole {unit.kind} block stays replicated with it")
-    unit.row_keep = keeps[rank]
-    local = (keeps[rank][1] - keeps[rank][0]) // per_row
+    unit.row_keeps = keeps
+    local = (unit.row_keep[1] - unit.row_keep[0]) // per_row
     unit.reshapes += _local_reshapes(chain, full, local, per_row)
     unit.multipliers = [n for n in chain if is_op(n, aten.mul.Tensor)]
     inputs = val(unit.row.args[0]).shape[-1]
@@ -174,7 +179,7 @@ def _local_reshapes(chain: list[torch.fx.Node], full: int, local: int, per_row: 
     return [(n, sizes) for n, sizes in sized if sizes is not None]
 
 
-def _add_part(unit: _Unit, traced, keep: tuple[int, int], unit_width: int, full: int, local: int, per_row: int):
+def _add_part(unit: Block, traced, keep: tuple[int, int], unit_width: int, full: int, local: int, per_row: int):
     linear, consumer, start, end, chain = traced
     if end - start != unit_width:
         raise NotShardable(f"{consumer} reads {end - start} features where {unit_width} were expected")
@@ -182,14 +187,14 @@ def _add_part(unit: _Unit, traced, keep: tuple[int, int], unit_width: int, full:
     unit.reshapes += _local_reshapes(chain, full, local, per_row)
 
 
-def _plan_attention(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit:
+def _plan_attention(node: torch.fx.Node, tp: TensorParallelConfig) -> Block:
     q, k, v = node.args[:3]
     num_heads, num_kv, head_dim, v_dim = val(q).shape[1], val(k).shape[1], val(q).shape[-1], val(v).shape[-1]
     try:
         heads = shard_heads(num_heads, num_kv, tp.world_size, tp.rank)
     except ValueError as error:
         raise NotShardable(str(error)) from error
-    unit = _Unit("attention")
+    unit = Block("attention", tp.rank)
     _add_part(
         unit,
         _trace_back(q, _HEADWISE),
@@ -203,23 +208,23 @@ def _plan_attention(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit:
         keep = (heads.kv_start * dim, heads.kv_end * dim)
         _add_part(unit, _trace_back(x, _HEADWISE), keep, num_kv * dim, num_kv, heads.num_kv_heads, dim)
     every = [shard_heads(num_heads, num_kv, tp.world_size, rank) for rank in range(tp.world_size)]
-    _set_row(unit, node, [(s.q_start * v_dim, s.q_end * v_dim) for s in every], tp.rank, num_heads, v_dim)
+    _set_row(unit, node, [(s.q_start * v_dim, s.q_end * v_dim) for s in every], num_heads, v_dim)
     return unit
 
 
-def _plan_mlp(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit:
+def _plan_mlp(node: torch.fx.Node, tp: TensorParallelConfig) -> Block:
     gate, up = node.args[:2]
     width = val(gate).shape[-1]
     keep = balanced_range(width, tp.world_size, tp.rank)
-    unit = _Unit("mlp")
+    unit = Block("mlp", tp.rank)
     for x in (gate, up) if up is not None else (gate,):
         _add_part(unit, _trace_back(x, _LAYOUT), keep, width, width, keep[1] - keep[0], 1)
     every = [balanced_range(width, tp.world_size, rank) for rank in range(tp.world_size)]
-    _set_row(unit, node, every, tp.rank, width, 1)
+    _set_row(unit, node, every, width, 1)
     return unit
 
 
-def _check_frozen(unit: _Unit) -> None:
+def _check_frozen(unit: Block) -> None:
     """Every tensor operand of the unit's GEMMs (weights, scales, biases) is a constant the writer can slice."""
     for gemm in [*unit.parts, unit.row]:
         layout = GEMMS[gemm.target]
@@ -229,7 +234,7 @@ def _check_frozen(unit: _Unit) -> None:
                 raise NotShardable(f"{gemm} reads {arg} as a weight or scale, which is not a frozen constant")
 
 
-def _check_consumers(unit: _Unit) -> None:
+def _check_consumers(unit: Block) -> None:
     """Every reader of a column-parallel GEMM must be one of the unit's parts: no one else sees its output."""
     for linear, parts in unit.parts.items():
         consumers = {p.consumer for p in parts}
@@ -241,7 +246,9 @@ def _check_consumers(unit: _Unit) -> None:
             raise NotShardable(f"{linear} has readers outside its {unit.kind} block")
 
 
-def _plan(node: torch.fx.Node, tp: TensorParallelConfig) -> _Unit | None:
+def plan_block(node: torch.fx.Node, tp: TensorParallelConfig) -> Block | None:
+    """How rank `tp.rank` splits the attention or MLP block `node` (None: `node` is neither); raises NotShardable
+    with the reason when it cannot be split."""
     if is_op(node, *ATTENTIONS):
         unit = _plan_attention(node, tp)
     elif is_op(node, trtllm.mlp_activation.default):
@@ -275,7 +282,7 @@ def shard_tensor_parallel(gm: torch.fx.GraphModule, config) -> int:
     units, replicated = [], []
     for node in list(gm.graph.nodes):
         try:
-            unit = _plan(node, tp)
+            unit = plan_block(node, tp)
         except NotShardable as reason:
             replicated.append(f"{node.name}: {reason}")
             continue

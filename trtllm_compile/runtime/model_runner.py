@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from trtllm_compile.config import CompileConfig
+from trtllm_compile.kernels import fixed_plans
 from trtllm_compile.runtime.kv_cache import CPU_KV_CACHE_FRACTION, available_host_memory, num_blocks_for_memory
 from trtllm_compile.runtime.scheduler import PENDING, ScheduledBatch
 from trtllm_compile.runtime.step_graph import build_step_graph
@@ -57,6 +58,8 @@ class ModelRunner:
     ):
         """`device`: where the step runs (default: where the model's parameters are)."""
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # tp_invariant: every step (and its CUDA-graph capture) runs the kernels' fixed plans
+        self.tp_invariant = bool(compile_config and compile_config.tp_invariant)
         self.step = self._build_step(model, compile_config)
         self.block_size = block_size
         self.max_blocks_per_seq = math.ceil(max_seq_len / block_size)
@@ -114,6 +117,10 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
         """Logits [num_sequences, vocab] (float32) of each sequence's last fed token, in batch order.
         `pending`: where the `PENDING` input tokens are (the previous step's samples, on the device)."""
+        with fixed_plans(self.tp_invariant):
+            return self._execute(batch, pending)
+
+    def _execute(self, batch: ScheduledBatch, pending: PendingTokens | None) -> torch.Tensor:
         sequences = batch.sequences
         # Decodes first: the GPU kernel handles the single-token rows together, prefills after.
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].token_ids) > 1)
