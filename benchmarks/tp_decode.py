@@ -5,7 +5,9 @@
         tokens identical?, batch-1 decode latency per token (TPOT) and its TP=2 / TP=1 ratio (issue 7 asks
         <= 0.7), max-load throughput (the batch that fills the KV cache). `--all-reduce peer,nccl` runs TP=2
         twice: decode all-reduces over peer memory (the default), then all on NCCL. `--compare eager,inductor`
-        (the default) also runs the HF peers at batch 1 on cuda:0.
+        (the default) also runs the HF peers at batch 1 on cuda:0. `--tp-invariant both` measures TP=1 and TP=2
+        once more with CompileConfig(tp_invariant=2) (bit-identical outputs, fixed kernel plans); `only` skips
+        the fast runs.
     python benchmarks/tp_decode.py big [--layers N] [--out ...]
         Llama-2-70B shape cut to N layers (default: the fewest whose bf16 weights exceed one GPU's memory):
         loads across the two GPUs and generates. The model is made once on the host and shared with rank 1
@@ -93,8 +95,12 @@ def _measure(llm, label: str, args, vocab: int) -> dict:
     return {"tokens": tokens, "measurements": results}
 
 
-def _engine_args(args) -> dict:
-    return dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, 2 * args.input_len))
+def _engine_args(args, invariant: bool) -> dict:
+    return dict(
+        max_batch_size=args.max_batch_size,
+        max_num_tokens=max(args.max_num_tokens, 2 * args.input_len),
+        compile=CompileConfig(tp_invariant=2 if invariant else 0),
+    )
 
 
 def compare(args) -> dict:
@@ -108,24 +114,33 @@ def compare(args) -> dict:
         runs["peers"] = {"measurements": [measure_peer(p, model, prompt, args.output_len).as_dict() for p in peers]}
         gc.collect()
         torch.cuda.empty_cache()
-    runs["tp1"] = _measure(LLM(model, **_engine_args(args)), "trtllm tp=1", args, vocab)
-    del model
-    gc.collect()
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    for path in args.all_reduce.split(","):  # the workers inherit the switch through the environment
-        os.environ["TRTLLM_PEER_ALL_REDUCE"] = "1" if path == "peer" else "0"
-        with LLM(factory, tensor_parallel_size=2, **_engine_args(args)) as llm:
-            runs[f"tp2 {path}"] = _measure(llm, f"trtllm tp=2 {path}", args, vocab)
-        del llm  # its weights and KV cache go before the next run sizes its cache from free memory
+    modes = {"no": [False], "both": [False, True], "only": [True]}[args.tp_invariant]
+    for invariant in modes:
+        suffix = " invariant" if invariant else ""
+        llm = LLM(model, **_engine_args(args, invariant))
+        runs[f"tp1{suffix}"] = _measure(llm, f"trtllm tp=1{suffix}", args, vocab)
+        del llm
         gc.collect()
         torch.cuda.empty_cache()
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    for invariant in modes:
+        for path in args.all_reduce.split(","):  # the workers inherit the switch through the environment
+            os.environ["TRTLLM_PEER_ALL_REDUCE"] = "1" if path == "peer" else "0"
+            name = f"tp2 {path}{' invariant' if invariant else ''}"
+            with LLM(factory, tensor_parallel_size=2, **_engine_args(args, invariant)) as llm:
+                runs[name] = _measure(llm, f"trtllm {name.replace('tp2', 'tp=2')}", args, vocab)
+            del llm  # its weights and KV cache go before the next run sizes its cache from free memory
+            gc.collect()
+            torch.cuda.empty_cache()
     os.environ.pop("TRTLLM_PEER_ALL_REDUCE")
-    tp1 = runs["tp1"]
     print(f"Llama-2-7B shape ({args.layers or 32} layers) bf16, {_device_name()} x2")
     summary = {}
     for name, run in runs.items():
-        if name in ("tp1", "peers"):
+        if not name.startswith("tp2"):
             continue
+        tp1 = runs["tp1 invariant" if name.endswith("invariant") else "tp1"]
         agree = [
             next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
             for a, b in zip(tp1["tokens"], run["tokens"], strict=True)
@@ -220,6 +235,12 @@ def main() -> int:
     parser.add_argument("--compare", default="eager,inductor", help="HF peers at batch 1: eager, inductor, or none")
     parser.add_argument(
         "--all-reduce", default="peer", help="TP=2 runs to make: peer (one-shot over peer memory), nccl, or both"
+    )
+    parser.add_argument(
+        "--tp-invariant",
+        choices=("no", "both", "only"),
+        default="no",
+        help="compare: also (both) or only run with CompileConfig(tp_invariant=2)",
     )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
