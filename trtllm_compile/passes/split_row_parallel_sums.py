@@ -17,7 +17,7 @@ from N (which sharding changes) or from timing, and N ranks' all-reduces keep th
 more ranks NCCL's ring orders the additions by position, so only N = 2 is offered.
 
 A LOWER pass, after lower_linear: it splits `trtllm.linear` (fp16 / bf16 weights); a block it cannot split
-is logged and counted as not split, and the compile report says how many were.
+gets a warning naming why (its outputs are then not invariant), and the compile report counts the blocks split.
 """
 
 from __future__ import annotations
