@@ -2,18 +2,19 @@
 
     PYTHONPATH=. python benchmarks/decode_profile.py [--config llama-2-7b|...|default] [--num-layers N]
         [--batch 1] [--context 256] [--steps 20] [--profile-steps 5] [--dtype bfloat16] [--device cuda]
-        [--prefill] [--out FILE.json] [--trace FILE.json]
+        [--quantization fp8|int8_sq|int4_awq|...] [--kv-cache fp8] [--prefill] [--out FILE.json] [--trace FILE.json]
 
 `--config`: a shape of bench/shapes.py (random weights made on the device) or "default" (the embedded model).
-`--batch` requests of `--context` random prompt tokens (seed 0) are prefilled and decoded greedily until each
-has a few tokens (CUDA graph captured and warm). Then (1) the wall time per step of `--steps` decode steps
-back to back, the median GPU time of the captured graph's replay alone (CUDA events) and their difference,
-the host gap (scheduling, input copies, sampling, detokenizing that overlap scheduling does not hide);
-(2) `--profile-steps` decode steps with CUDA graphs off under torch.profiler: each device kernel's calls and
-microseconds per step (top 25), and sums by category. On CPU there are no graphs nor kernels: the tables
-hold the CPU self time of the ops instead. With `--prefill`, (3) the running requests are aborted and a new
-batch of the same prompts is prefilled: the wall time of that step (it runs eagerly, without a CUDA graph)
-against the sum of its kernels, and their breakdown.
+`--quantization` quantizes the step graph's GEMMs as `trtllm-compile bench --quantization` does (calibrated on
+random tokens), `--kv-cache fp8` also its KV cache. `--batch` requests of `--context` random prompt tokens (seed 0)
+are prefilled and decoded greedily until each has a few tokens (CUDA graph captured and warm). Then (1) the wall
+time per step of `--steps` decode steps back to back, the median GPU time of the captured graph's replay alone
+(CUDA events) and their difference, the host gap (scheduling, input copies, sampling, detokenizing that overlap
+scheduling does not hide); (2) `--profile-steps` decode steps with CUDA graphs off under torch.profiler: each
+device kernel's calls and microseconds per step (top 25), and sums by category. On CPU there are no graphs nor
+kernels: the tables hold the CPU self time of the ops instead. With `--prefill`, (3) the running requests are
+aborted and a new batch of the same prompts is prefilled: the wall time of that step (it runs eagerly, without a
+CUDA graph) against the sum of its kernels, and their breakdown.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import time
 import torch
 
 from trtllm_compile.bench import measure
+from trtllm_compile.bench.cli import WEIGHT_FORMATS, format_config, random_calibration
 from trtllm_compile.bench.shapes import SHAPES, random_model
 from trtllm_compile.models import load_model
+from trtllm_compile.quantization.config import KV_CACHE_FORMATS
 from trtllm_compile.runtime.llm import LLM
 from trtllm_compile.runtime.sampling import SamplingParams
 
@@ -58,10 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=5, help="decode steps under the profiler")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quantization", default="none", choices=WEIGHT_FORMATS, help="GEMM weight format")
+    parser.add_argument("--kv-cache", choices=KV_CACHE_FORMATS, help="KV cache format (with --quantization)")
     parser.add_argument("--prefill", action="store_true", help="also profile a prefill step of the batch")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     parser.add_argument("--trace", default=None, help="write the profiler's Chrome trace")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.kv_cache and args.quantization == "none":
+        parser.error("--kv-cache needs --quantization (the KV cache scales come from its calibration)")
+    return args
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[LLM, list[list[int]]]:
@@ -76,10 +84,12 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[LLM, list[lis
     max_tokens = prefill_steps + WARM_TOKENS + args.steps + EAGER_WARM_STEPS + args.profile_steps + 16
     max_num_tokens = max(2048, args.context + max_tokens + 16)
     num_blocks = max(math.ceil(max_num_tokens / 16), args.batch * math.ceil((args.context + max_tokens) / 16)) + 1
+    calibration = random_calibration(model, [args.quantization], args.kv_cache)
     llm = LLM(
         model,
         tokenizer,
         device=device,
+        compile=format_config(args.quantization, args.kv_cache, calibration),
         max_batch_size=args.batch,
         max_num_tokens=max_num_tokens,
         num_blocks=num_blocks,
@@ -284,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"{name}, torch {torch.__version__}; {args.config}, {args.dtype}, batch {args.batch}, context {args.context}")
+    weights = f"{args.dtype}, {args.quantization} (kv {args.kv_cache})"
+    print(f"{name}, torch {torch.__version__}; {args.config}, {weights}, batch {args.batch}, context {args.context}")
     llm, prompts = build(args, device)
     try:
         warm_up(llm, args.batch)

@@ -81,3 +81,17 @@ def test_kernel_rows_keep_device_kernels_and_categorize_them():
         "copies": 10.0,
         "other": 0.0,
     }
+
+
+@pytest.mark.slow
+def test_decode_profile_quantizes_the_step_graph_and_its_kv_cache(tmp_path):
+    out = tmp_path / "profile.json"
+    argv = "--config default --dtype float32 --device cpu --batch 2 --context 16 --steps 2 --profile-steps 1"
+    _load_script().main([*argv.split(), "--quantization", "fp8", "--kv-cache", "fp8", "--out", str(out)])
+
+    result = json.loads(out.read_text())
+    assert result["args"]["quantization"] == "fp8" and result["args"]["kv_cache"] == "fp8"
+    names = [row["name"] for row in result["kernels"]]
+    assert any("fp8_linear" in name for name in names)
+    with pytest.raises(SystemExit):  # the KV cache scales come from the weight format's calibration
+        _load_script().parse_args(["--kv-cache", "fp8"])

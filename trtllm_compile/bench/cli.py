@@ -74,7 +74,7 @@ def _system(fmt: str, tp: int, kv_cache: str | None = None) -> str:
     return "trtllm" if tp == 1 else f"trtllm tp={tp}"
 
 
-def _calibration(model: nn.Module, formats: list[str], kv_cache: str | None) -> Calibration | None:
+def random_calibration(model: nn.Module, formats: list[str], kv_cache: str | None) -> Calibration | None:
     """One calibration of the unquantized model, shared by every format; random tokens, as for the prompts."""
     if formats == ["none"]:
         return None
@@ -87,6 +87,15 @@ def _calibration(model: nn.Module, formats: list[str], kv_cache: str | None) -> 
     return calibrate(model, windows=windows, samples=samples, kv_cache=kv_cache is not None, progress=False)
 
 
+def format_config(fmt: str, kv_cache: str | None, calibration: Calibration | None) -> CompileConfig:
+    """The compile config that quantizes the step graph's GEMMs to `fmt` ("none": none) with `calibration`."""
+    if fmt == "none":
+        return CompileConfig()
+    from trtllm_compile.quantization import QuantConfig
+
+    return CompileConfig(quantization=QuantConfig.from_name(fmt, kv_cache=kv_cache).with_calibration(calibration))
+
+
 def _measure_format(
     model: nn.Module, tokenizer, fmt: str, calibration: Calibration | None, sizes: list[str], args: argparse.Namespace
 ) -> list[Measurement]:
@@ -94,13 +103,9 @@ def _measure_format(
 
     The step graph's QUANTIZE passes quantize it (not `quantize()` on the module): they run after the GEMM
     fusion and MLP matching, so Q/K/V and gate/up stay one GEMM each and the activation stays fused."""
-    from trtllm_compile.quantization import QuantConfig
     from trtllm_compile.runtime.llm import LLM
 
-    compile_config = CompileConfig()
-    if fmt != "none":
-        quant = QuantConfig.from_name(fmt, kv_cache=args.kv_cache).with_calibration(calibration)
-        compile_config = CompileConfig(quantization=quant)
+    compile_config = format_config(fmt, args.kv_cache, calibration)
     system, vocab = _system(fmt, args.tp, args.kv_cache), model.config.vocab_size
     seq_len = args.input_len + args.output_len
     engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
@@ -164,7 +169,7 @@ def run_bench(args: argparse.Namespace) -> int:
             results.append(_logged(measure_peer(peer, model, prompts, args.output_len)))
             _free_device_memory()
 
-    calibration = _calibration(model, formats, args.kv_cache)
+    calibration = random_calibration(model, formats, args.kv_cache)
     for fmt in formats:  # one engine at a time: each sizes its KV cache from the free memory
         results += _measure_format(model, tokenizer, fmt, calibration, sizes, args)
         _free_device_memory()
