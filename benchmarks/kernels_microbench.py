@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from trtllm_compile.bench.measure import gpu_us
-from trtllm_compile.kernels import activation, norm, paged_attention
+from trtllm_compile.kernels import activation, norm, paged_attention, tuning
 from trtllm_compile.ops.norm import rms_norm_reference
 
 L2_FLUSH_BYTES = 256 << 20
@@ -80,12 +80,12 @@ def decode_rows(context: int, page: int, dtype: torch.dtype):
             arg_sets = [_decode_args(batch, hq, hkv, d, context, page, dtype) for _ in range(copies)]
             ours = gpu_us(fn, arg_sets)
             eager, host = eager_and_host_us(fn, arg_sets[0])
+            q, k_cache = arg_sets[0][:2]
             del arg_sets
             peer = gpu_us(_sdpa, [_sdpa_args(batch, hq, hkv, d, context, dtype) for _ in range(copies)])
             splits = paged_attention.plan_splits(batch * hkv, context, torch.device("cuda"))
-            best = getattr(paged_attention._paged_decode_tuned.tuned, "best_config", None)
-            cfg = f" N{best.kwargs['BLOCK_N']}/w{best.num_warps}/s{best.num_stages}" if best else ""
-            label = f"decode {name} ({hq}q/{hkv}kv) bs={batch} ctx={context} page={page} splits={splits}{cfg}"
+            plan = tuning.plans.get(paged_attention.plan_key(q, k_cache, splits, 0.0, -1), "untuned")
+            label = f"decode {name} ({hq}q/{hkv}kv) bs={batch} ctx={context} page={page} splits={splits} {plan}"
             yield label, ours, nbytes, eager, host, peer
 
 

@@ -89,3 +89,50 @@ def test_paged_decode_gpu_masks(assert_matches, variant, splits, monkeypatch):
     expected = attn.paged_decode_attention_reference(*args, scale, **kwargs)
     actual = attn.paged_decode_attention(*args, scale, **kwargs, num_splits=splits)
     assert_matches(actual, expected, "attention")
+
+
+@pytest.mark.gpu
+def test_paged_decode_gpu_every_plan(assert_matches, monkeypatch):
+    """Each plan the tuner may choose computes the same attention (MHA, one pass and split-K)."""
+    from trtllm_compile.kernels import paged_attention as attn
+    from trtllm_compile.kernels import tuning
+
+    for lens in ([300, 1, 16, 133] * 10, [900, 5]):  # 40 sequences x 8 heads fill the GPU; 2 split their contexts
+        args, scale = _paged_case(lens, 8, 8, 128, 16, torch.bfloat16, "cuda")
+        q, k_cache, _, tables = args[:4]
+        splits = attn.plan_splits(len(lens) * 8, tables.shape[1] * 16, q.device)
+        expected = attn.paged_decode_attention_reference(*args, scale)
+        for plan in attn.PLANS:
+            monkeypatch.setitem(tuning.plans, attn.plan_key(q, k_cache, splits, 0.0, -1), plan)
+            assert_matches(attn.paged_decode_attention(*args, scale), expected, "attention")
+
+
+@pytest.mark.gpu
+def test_paged_decode_gpu_tunes_on_a_sample_not_the_empty_warm_up(monkeypatch):
+    """A CUDA-graph warm-up brings only empty padding rows, on which every plan would time alike: the plans are
+    timed on TUNE_CONTEXT-token sequences over the call's caches instead."""
+    from trtllm_compile.kernels import paged_attention as attn
+    from trtllm_compile.kernels import tuning
+
+    monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
+    monkeypatch.setattr(tuning, "plans", {})
+    monkeypatch.setattr(tuning, "tuning_log", {})
+    samples, make_sample = [], attn._tuning_sample
+    monkeypatch.setattr(attn, "_tuning_sample", lambda *a: samples.append(make_sample(*a)) or samples[-1])
+    n_seq, heads, page, width = 48, 32, 16, 64
+    q = torch.randn(n_seq, heads, 128, dtype=torch.bfloat16, device="cuda")
+    k_cache = torch.randn(n_seq * 4, page, heads, 128, dtype=torch.bfloat16, device="cuda")  # fewer blocks: wraps
+    tables = torch.zeros(n_seq, width, dtype=torch.int32, device="cuda")
+    lens = torch.zeros(n_seq, dtype=torch.int32, device="cuda")
+
+    out = attn.paged_decode_attention(q, k_cache, torch.randn_like(k_cache), tables, lens, 0.1)
+
+    splits = attn.plan_splits(n_seq * heads, width * page, q.device)
+    key = attn.plan_key(q, k_cache, splits, 0.0, -1)
+    assert set(tuning.tuning_log[key]) == {str(plan) for plan in attn.PLANS}
+    assert tuning.plans[key] in attn.PLANS
+    sample_tables, sample_lens = samples[0]
+    assert sample_lens.tolist() == [attn.TUNE_CONTEXT] * n_seq
+    assert sample_tables.shape == (n_seq, attn.TUNE_CONTEXT // page)
+    assert int(sample_tables.max()) == k_cache.shape[0] - 1  # consecutive blocks, wrapped over the cache
+    assert out.abs().max() == 0  # the empty rows still attend to nothing

@@ -8,28 +8,47 @@ partial (max, sum, unnormalized output) are merged by a second kernel. The parti
 from the sequence's actual length, so a CUDA graph captured for the longest context still spreads a long
 context over every split, and a short one over few (the others return at once).
 
-An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is dequantized as it is loaded: each K/V tile
-becomes (fp8 -> fp32) * scale, rounded to q's dtype, which is `trtllm::fp8_qdq`'s read. FP8 loads need a GPU
-of compute capability 8.9 or newer (Triton's float8e4nv).
+An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is read as its codes, which every q dtype holds
+exactly, and the scales multiply the scores (k_scale) and the output (v_scale) instead of each element: the
+reference dequantizes each element and rounds it to q's dtype (`trtllm::fp8_qdq`'s read), which the kernel skips.
+Scaling every element cost more conversions than the loads could hide: at 512 sequences the FP8 cache streamed at
+1.3 TB/s, half the bf16 cache's rate (H100). FP8 loads need a GPU of compute capability 8.9 or newer (Triton's
+float8e4nv).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import autotune, is_interpreted, plans_fixed
+from trtllm_compile.kernels import is_interpreted, plans_fixed
 from trtllm_compile.kernels.activation import tanh
+from trtllm_compile.kernels.tuning import cached_plan
 from trtllm_compile.ops.paged_attention import load_kv
 
-_CONFIGS = [
-    triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-    for n, w, s in ((64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (32, 2, 2), (64, 4, 3))
-]
+
+class DecodePlan(NamedTuple):
+    """How the decode kernel runs: K/V positions a tile loads, warps, pipeline stages."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def __str__(self) -> str:
+        return f"N{self.block_n} w{self.num_warps} s{self.num_stages}"
+
+
+# The first is the default where nothing is timed (fixed plans, TRTLLM_TRITON_AUTOTUNE=0, the interpreter): 32-token
+# tiles on 2 warps were the fastest at every load of an H100 microbenchmark (Llama-2-7B heads, 1 to 384 sequences).
+PLANS = [DecodePlan(n, w, s) for n, w, s in ((32, 2, 2), (64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3))]
+# Tokens a sequence of the timed sample holds. A plan is timed on a sample rather than on the call's batch: the
+# first call of a shape is usually a CUDA-graph warm-up, whose padding rows are empty and time nothing.
+TUNE_CONTEXT = 512
 _MIN_PARTITION = 32  # tokens per split: below this the merge costs more than the parallelism gains (H100)
 
 
@@ -64,9 +83,8 @@ def _paged_decode_kernel(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
-    if KV_FP8:
-        k_scale = tl.load(k_scale_ptr).to(tl.float32)
-        v_scale = tl.load(v_scale_ptr).to(tl.float32)
+    if KV_FP8:  # scores of the K codes times k_scale; the output of the V codes times v_scale (at the end)
+        scale = scale * tl.load(k_scale_ptr).to(tl.float32)
 
     bt_row = bt_ptr + n * stride_bt
     pos = lo + tl.arange(0, BLOCK_N)
@@ -82,9 +100,9 @@ def _paged_decode_kernel(
         k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         block = tl.load(bt_row + (pos + BLOCK_N) // PAGE, mask=pos + BLOCK_N < hi, other=0)
-        if KV_FP8:  # dequantize as fp8_qdq does: fp32 product, rounded to the query dtype
-            k = (k.to(tl.float32) * k_scale).to(q.dtype)
-            v = (v.to(tl.float32) * v_scale).to(q.dtype)
+        if KV_FP8:  # the codes as they are: exact in q's dtype (tensor cores) or fp32 (CUDA cores)
+            k = k.to(q.dtype if USE_DOT else tl.float32)
+            v = v.to(q.dtype if USE_DOT else tl.float32)
         if USE_DOT:  # tensor cores, query heads padded to 16 rows
             if FP32:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -110,6 +128,8 @@ def _paged_decode_kernel(
         acc = acc * alpha[:, None] + pv
         m_i = m_new
 
+    if KV_FP8:
+        acc = acc * tl.load(v_scale_ptr).to(tl.float32)
     if SPLIT:
         part = (n * num_q_heads + heads) * num_splits + split
         tl.store(m_ptr + part, m_i, mask=g_ok)
@@ -142,9 +162,6 @@ def _merge_splits_kernel(
     tl.store(out_ptr + n * stride_on + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-_paged_decode_tuned = autotune(_CONFIGS, key=["GROUP", "HEAD_DIM", "PAGE", "SPLIT", "SOFTCAP", "WINDOW", "KV_FP8"])(
-    _paged_decode_kernel
-)
 INTERPRETED: bool = is_interpreted(_paged_decode_kernel)
 
 
@@ -162,6 +179,23 @@ def plan_splits(programs: int, max_context: int, device: torch.device) -> int:
     if programs >= 2 * sms:
         return 1
     return max(1, min(triton.cdiv(4 * sms, programs), max_context // _MIN_PARTITION))
+
+
+def plan_key(q: Tensor, k_cache: Tensor, splits: int, softcap: float, sliding_window: int) -> tuple:
+    """The tuning key of a decode-attention call: sequences (next power of two), heads, page, dtypes, splits."""
+    _, page, hkv, head_dim = k_cache.shape
+    n_bucket, hq = triton.next_power_of_2(q.shape[0]), q.shape[1]
+    kinds = (q.dtype, k_cache.dtype, splits, softcap > 0, sliding_window > 0)
+    return ("paged_decode", n_bucket, hq, hkv, head_dim, page, *kinds, q.device)
+
+
+def _tuning_sample(n_seq: int, max_context: int, page: int, num_blocks: int, device) -> tuple[Tensor, Tensor]:
+    """Block tables and lengths of `n_seq` sequences of TUNE_CONTEXT tokens (at most `max_context`), each on its
+    own consecutive blocks as the block manager hands them out (wrapping when the cache has fewer)."""
+    context = min(TUNE_CONTEXT, max_context)
+    width = triton.cdiv(context, page)
+    tables = (torch.arange(n_seq * width, device=device) % num_blocks).to(torch.int32).view(n_seq, width)
+    return tables, torch.full((n_seq,), context, dtype=torch.int32, device=device)
 
 
 def paged_decode_attention(
@@ -215,7 +249,8 @@ def paged_decode_attention(
         return out
     # Fixed plans: splits from the sequences alone, so a rank with half the heads splits each head alike.
     programs = n_seq if plans_fixed() else n_seq * hkv
-    splits = num_splits or plan_splits(programs, block_tables.shape[1] * page, q.device)
+    max_context = block_tables.shape[1] * page
+    splits = num_splits or plan_splits(programs, max_context, q.device)
     min_partition = 1 if num_splits else _MIN_PARTITION  # forced splits split any context (tests)
     group = hq // hkv
     use_dot = group > 2
@@ -227,17 +262,31 @@ def paged_decode_attention(
     acc = torch.empty((n_seq, hq, splits, head_dim), **f32) if splits > 1 else out
     if fp8:  # a no-op for the graph's constants, which live on the device (the kernel reads them as fp32)
         k_scale, v_scale = k_scale.to(q.device), v_scale.to(q.device)
-    _paged_decode_tuned[(n_seq, hkv, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, m, lse, acc,
-        k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
-        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        block_tables.stride(0), out.stride(0), out.stride(1),
-        hq, splits, float(scale), float(softcap), int(sliding_window),
+    meta = dict(
         GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
         WINDOW=sliding_window > 0, USE_DOT=use_dot, FP32=q.dtype == torch.float32, KV_FP8=fp8,
-        MIN_PARTITION=min_partition,
-        BLOCK_G=block_g, BLOCK_D=block_d,
+        MIN_PARTITION=min_partition, BLOCK_G=block_g, BLOCK_D=block_d,
     )  # fmt: skip
+
+    def launch(plan: DecodePlan, tables: Tensor, lens: Tensor) -> None:
+        _paged_decode_kernel[(n_seq, hkv, splits)](
+            q, k_cache, v_cache, tables, lens, out, m, lse, acc,
+            k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
+            q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+            tables.stride(0), out.stride(0), out.stride(1),
+            hq, splits, float(scale), float(softcap), int(sliding_window),
+            BLOCK_N=plan.block_n, num_warps=plan.num_warps, num_stages=plan.num_stages, **meta,
+        )  # fmt: skip
+
+    sample = ()
+
+    def run_on_sample(plan: DecodePlan) -> None:
+        nonlocal sample
+        sample = sample or _tuning_sample(n_seq, max_context, page, k_cache.shape[0], q.device)
+        launch(plan, *sample)
+
+    key = plan_key(q, k_cache, splits, softcap, sliding_window)
+    launch(cached_plan(key, PLANS, run_on_sample), block_tables, seq_lens)
     if splits > 1:
         _merge_splits_kernel[(n_seq, hq)](
             m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),

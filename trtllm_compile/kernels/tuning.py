@@ -1,4 +1,5 @@
-"""Per-shape plans of the skinny-GEMM kernels (kernels/gemv.py, kernels/int4_gemv.py), timed the way decode runs.
+"""Per-shape plans of the decode kernels (kernels/gemv.py, kernels/int4_gemv.py, kernels/paged_attention.py), timed
+the way decode runs.
 
 A key (row bucket, shape, dtypes, ..., device) times its candidate plans once, each replayed from a CUDA graph
 after an L2 sweep, and keeps the fastest; later calls find it in `plans` without touching the host's clock or
@@ -68,14 +69,14 @@ def _tune(key: tuple, run: Callable[[P], object], candidates: Sequence[P]) -> P:
                     "L2 sweep): leave more room beside the KV cache (a lower gpu_memory_fraction, or num_blocks)"
                 ) from error
             except Exception as error:  # a tile that does not fit this GPU (shared memory, registers): skip it
-                logger.debug("gemv plan %s failed for %s: %s", plan, key, error)
+                logger.debug("plan %s failed for %s: %s", plan, key, error)
         if times:
             break
     else:
-        raise RuntimeError(f"no gemv plan ran for {key}; see the debug log of {__name__}")
+        raise RuntimeError(f"no plan ran for {key}; see the debug log of {__name__}")
     best = min(times, key=times.get)
     tuning_log[key] = {str(p): t for p, t in times.items()}
-    logger.info("gemv %s: %s (%.1f us)", key, best, 1e3 * times[best])
+    logger.info("%s: %s (%.1f us)", key, best, 1e3 * times[best])
     return best
 
 
@@ -91,7 +92,7 @@ def cached_plan(key: tuple, candidates: Sequence[P], run: Callable[[P], object])
     if key[-1].type != "cuda" or os.environ.get("TRTLLM_TRITON_AUTOTUNE", "1") == "0":
         return candidates[0]
     if torch.cuda.is_current_stream_capturing():
-        logger.warning("gemv %s first seen inside a CUDA-graph capture: default plan, untuned", key[:-1])
+        logger.warning("%s first seen inside a CUDA-graph capture: default plan, untuned", key[:-1])
         return candidates[0]
     plan = plans[key] = _tune(key, run, candidates)
     return plan
