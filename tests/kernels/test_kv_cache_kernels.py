@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trtllm_compile.ops.paged_attention import load_kv, store_kv
 from trtllm_compile.ops.paged_attention import write_kv_cache as reference_write
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float8_e4m3fn]
@@ -44,6 +45,8 @@ def test_write_kv_cache_rejects_values_not_in_the_cache_dtype(interpreted):
     cache, k, v, slots = _case(3, 2, 16, torch.bfloat16, "cpu")
     with pytest.raises(ValueError, match="k_scale and v_scale"):
         kernels.write_kv_cache(cache, 0, k.float(), v, slots)
+    with pytest.raises(ValueError, match="read_back dequantizes what an FP8 write stored"):
+        kernels.write_kv_cache(cache, 0, k, v, slots, read_back=(torch.empty(3, 2, 16), torch.empty(3, 2, 16)))
 
 
 @pytest.mark.gpu
@@ -67,8 +70,13 @@ def _check_quantized(kernels, k_scale, v_scale, device, representable: bool):
     scales = [torch.tensor(s, device=device) for s in (k_scale, v_scale)]
     expected = cache.cpu().clone()
     reference_write(expected, 0, k.cpu(), v.cpu(), slots.cpu(), *(s.cpu() for s in scales))
-    kernels.write_kv_cache(cache, 0, k, v, slots, *scales)
+    read_back = [torch.full((6, 2, 16), float("nan"), dtype=torch.bfloat16, device=device) for _ in range(2)]
+    kernels.write_kv_cache(cache, 0, k, v, slots, *scales, read_back=read_back)
     assert torch.equal(cache.cpu().view(torch.uint8), expected.view(torch.uint8))
+    # what a prefill attends to: the stored values dequantized as the reference reads them (fp8_qdq)
+    for back, x, scale in zip(read_back, (k, v), scales, strict=True):
+        stored = store_kv(x.cpu(), scale.cpu(), torch.float8_e4m3fn)
+        assert torch.equal(back.cpu(), load_kv(stored, scale.cpu(), torch.bfloat16)[0].transpose(0, 1))
 
 
 def test_write_kv_cache_quantizes_into_an_fp8_cache_interpreted(interpreted):

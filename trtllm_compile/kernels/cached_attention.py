@@ -7,8 +7,8 @@ so its keys are exactly its own tokens. No host synchronization happens here (se
 the host copy of `query_start_loc`), which keeps decode steps capturable in CUDA graphs.
 
 With an FP8 cache (`k_scale` / `v_scale`), K/V are quantized as they are written, and prefills attend to the
-quantize-dequantized values (computed only when the step has prefills), which is what the decode kernel later
-reads back.
+quantize-dequantized values, which is what the decode kernel later reads back: the write hands them back in the
+[T, H, D] layout the varlen call takes (only when the step has prefills).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor
 from trtllm_compile.kernels.kv_cache import write_kv_cache
 from trtllm_compile.kernels.paged_attention import paged_decode_attention
 from trtllm_compile.ops.attention import attend
-from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE, check_kv_scales, load_kv, store_kv
+from trtllm_compile.ops.paged_attention import check_kv_scales
 
 try:  # flash attention over variable-length sequences (torch >= 2.9, CUDA)
     from torch.nn.attention.varlen import varlen_attn
@@ -49,13 +49,16 @@ def paged_attention(
     v_scale: Tensor | None = None,
 ) -> Tensor:
     check_kv_scales(kv_cache, k_scale, v_scale)
-    write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale)  # quantized to FP8 with scales
     starts = host_query_start_loc.tolist()
     lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
+    read_back = None
     if k_scale is not None and num_decodes < len(lengths):  # prefills attend to what the cache holds: fp8_qdq
-        k = load_kv(store_kv(k, k_scale, FP8_KV_DTYPE), k_scale, k.dtype)
-        v = load_kv(store_kv(v, v_scale, FP8_KV_DTYPE), v_scale, v.dtype)
+        rows = (k.shape[2], k.shape[1], k.shape[3])  # [T, Hkv, D]
+        read_back = tuple(torch.empty(rows, dtype=x.dtype, device=x.device) for x in (k, v))
+    write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale, read_back)  # quantized with the scales
+    if read_back is not None:
+        k, v = (rows.transpose(0, 1)[None] for rows in read_back)  # [1, Hkv, T, D] views
     out = torch.empty_like(q, memory_format=torch.contiguous_format)  # the decode kernel writes [N, H, D] views
     if num_decodes:  # [N, H, D] views: the kernel reads q and writes out through their strides
         paged_decode_attention(
