@@ -170,3 +170,13 @@ def test_overlap_scheduling_gives_the_tokens_of_reading_every_step_back():
     assert results[True] == results[False]
     assert results[True][0][0] == greedy
     assert [r[2] for r in results[True]] == ["length", "length", "length", "stop", "stop"]
+
+
+def test_decode_batches_get_a_cuda_graph_padded_to_a_multiple_of_16_and_the_max_batch():
+    from trtllm_compile.runtime.model_runner import cuda_graph_sizes
+
+    assert cuda_graph_sizes(1) == [1]
+    assert cuda_graph_sizes(12) == [1, 2, 4, 8, 12]
+    sizes = cuda_graph_sizes(414)
+    assert sizes[:6] == [1, 2, 4, 8, 16, 32] and sizes[-3:] == [384, 400, 414]
+    assert all(b - a <= 16 for a, b in zip(sizes, sizes[1:], strict=False))  # at most 15 padding rows past 8
