@@ -18,6 +18,10 @@ from trtllm_compile.quantization import FORMATS, QuantConfig, calibrate, quantiz
 # The pass and quantize() share the numerics (same scales, same rounding); they differ only where the 1/s of
 # down_proj goes (a multiply in the graph, up_proj's rows in the module), which float32 rounds differently.
 PATHS_RTOL = 1e-5
+# INT8 SmoothQuant rounds activations per token: a one-ulp difference before the rounding can move an int8 code a
+# step. Gemma (the 1 + w norm fold) measured 1.0e-3 apart on an AMD EPYC CPU (under 1e-5 on the CPU of earlier
+# runs), where its quantization error against the float model is 4.4e-2.
+INT8_PATHS_RTOL = 2e-3
 QUANT_OPS = {"trtllm.fp8_linear.default", "trtllm.int8_linear.default", "trtllm.int4_linear.default"}
 
 
@@ -68,7 +72,7 @@ def test_every_gemm_but_the_lm_head_is_quantized_as_quantize_does(graphs, arch, 
 
     with torch.no_grad():
         expected = quantize(copy.deepcopy(model), qconfig, calibration=calibration)(windows[:1]).logits
-    assert rel_err(actual, expected) <= PATHS_RTOL
+    assert rel_err(actual, expected) <= (INT8_PATHS_RTOL if fmt == "int8_sq" else PATHS_RTOL)
 
 
 @pytest.mark.parametrize(
