@@ -54,8 +54,8 @@ def paged_attention(
     num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
     read_back = None
     if k_scale is not None and num_decodes < len(lengths):  # prefills attend to what the cache holds: fp8_qdq
-        rows = (k.shape[2], k.shape[1], k.shape[3])  # [T, Hkv, D]
-        read_back = tuple(torch.empty(rows, dtype=x.dtype, device=x.device) for x in (k, v))
+        shape = (k.shape[2], k.shape[1], k.shape[3])  # [T, Hkv, D]
+        read_back = tuple(torch.empty(shape, dtype=x.dtype, device=x.device) for x in (k, v))
     write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale, read_back)  # quantized with the scales
     if read_back is not None:
         k, v = (rows.transpose(0, 1)[None] for rows in read_back)  # [1, Hkv, T, D] views

@@ -278,15 +278,9 @@ def paged_decode_attention(
             BLOCK_N=plan.block_n, num_warps=plan.num_warps, num_stages=plan.num_stages, **meta,
         )  # fmt: skip
 
-    sample = ()
-
-    def run_on_sample(plan: DecodePlan) -> None:
-        nonlocal sample
-        sample = sample or _tuning_sample(n_seq, max_context, page, k_cache.shape[0], q.device)
-        launch(plan, *sample)
-
+    sample = functools.cache(lambda: _tuning_sample(n_seq, max_context, page, k_cache.shape[0], q.device))
     key = plan_key(q, k_cache, splits, softcap, sliding_window)
-    launch(cached_plan(key, PLANS, run_on_sample), block_tables, seq_lens)
+    launch(cached_plan(key, PLANS, lambda plan: launch(plan, *sample())), block_tables, seq_lens)
     if splits > 1:
         _merge_splits_kernel[(n_seq, hq)](
             m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),

@@ -25,7 +25,8 @@ GRAPH_BATCH_STEP = 16  # decode batches are padded to a multiple of this (below 
 def cuda_graph_sizes(max_batch_size: int) -> list[int]:
     """The decode batch sizes that get a CUDA graph (each captured on first use): 1, 2, 4, 8, then every multiple
     of GRAPH_BATCH_STEP, and max_batch_size itself. Coarser buckets cost the padding rows' work: 414 sequences
-    padded to 512 took 31.8 ms a bf16 Llama-2-7B decode step where 384 took 23.9 (H100, docs/benchmarks.md)."""
+    of a bf16 Llama-2-7B took 30.8-31.8 ms a decode step padded to 512 rows, 29.4-29.8 padded to 416 (H100,
+    docs/benchmarks.md run 27)."""
     small = [b for b in (1, 2, 4, 8) if b < max_batch_size]
     return [*small, *range(GRAPH_BATCH_STEP, max_batch_size, GRAPH_BATCH_STEP), max_batch_size]
 
