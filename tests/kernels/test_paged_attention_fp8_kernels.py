@@ -41,10 +41,14 @@ def test_fp8_reference_reads_what_fp8_qdq_returns():
 @pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])
 @pytest.mark.parametrize("q_heads,kv_heads", HEADS, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_paged_decode_fp8_interpreted(interpreted, assert_matches, dtype, q_heads, kv_heads, splits):
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["default-plan", "tensor-cores"])
+def test_paged_decode_fp8_interpreted(
+    interpreted, assert_matches, monkeypatch, dtype, q_heads, kv_heads, splits, tensor_cores
+):
+    """On the tensor cores the codes meet q in fp16 (bf16 q included), so the interpreter runs every dtype."""
     attn = interpreted("paged_attention")
-    if dtype == torch.bfloat16 and q_heads // kv_heads > 2:
-        pytest.skip("Triton's interpreter multiplies bf16 tl.dot operands as raw uint16 bits; the GPU tests cover it")
+    if tensor_cores:  # the untuned default; MHA then takes the tensor cores too
+        monkeypatch.setattr(attn, "PLANS", [attn.DecodePlan(32, 2, 2, tensor_cores=True)])
     args, (k_scale, v_scale), scale = _fp8_case([13, 0, 1, 16, 30], q_heads, kv_heads, 16, 8, dtype, "cpu")
     expected = attn.paged_decode_attention_reference(*args, scale, k_scale=k_scale, v_scale=v_scale)
     actual = attn.paged_decode_attention(*args, scale, num_splits=splits, k_scale=k_scale, v_scale=v_scale)

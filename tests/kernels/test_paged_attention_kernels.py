@@ -47,6 +47,17 @@ def test_paged_decode_interpreted(interpreted, assert_matches, dtype, variant, q
     assert actual[1].abs().max() == 0  # seq_len 0 attends to nothing
 
 
+@pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_paged_decode_interpreted_mha_on_tensor_cores(interpreted, assert_matches, monkeypatch, dtype, splits):
+    """One query head a KV head, padded to 16 rows for the tensor cores when a plan says so (bf16: the GPU tests)."""
+    attn = interpreted("paged_attention")
+    monkeypatch.setattr(attn, "PLANS", [attn.DecodePlan(32, 2, 2, tensor_cores=True)])  # the untuned default
+    args, scale = _paged_case([13, 0, 1, 16, 30], 4, 4, 16, 8, dtype, "cpu")
+    expected = attn.paged_decode_attention_reference(*args, scale)
+    assert_matches(attn.paged_decode_attention(*args, scale, num_splits=splits), expected, "attention")
+
+
 def test_paged_decode_interpreted_strided_q_and_out(interpreted, assert_matches):
     attn = interpreted("paged_attention")
     (q, *rest), scale = _paged_case([9, 21], 8, 2, 32, 4, torch.float16, "cpu")
@@ -93,7 +104,8 @@ def test_paged_decode_gpu_masks(assert_matches, variant, splits, monkeypatch):
 
 @pytest.mark.gpu
 def test_paged_decode_gpu_every_plan(assert_matches, monkeypatch):
-    """Each plan the tuner may choose computes the same attention (MHA, one pass and split-K)."""
+    """Each plan the tuner may choose computes the same attention (MHA on CUDA or tensor cores, one pass and
+    split-K)."""
     from trtllm_compile.kernels import paged_attention as attn
     from trtllm_compile.kernels import tuning
 

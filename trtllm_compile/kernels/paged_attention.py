@@ -6,7 +6,10 @@ keeps the tile size independent of the page size. When sequences x KV heads cann
 sequence's context is split into up to `num_splits` equal partitions of at least _MIN_PARTITION tokens, whose
 partial (max, sum, unnormalized output) are merged by a second kernel. The partitions are sized in the kernel
 from the sequence's actual length, so a CUDA graph captured for the longest context still spreads a long
-context over every split, and a short one over few (the others return at once).
+context over every split, and a short one over few (the others return at once). Groups of more than two query
+heads multiply on the tensor cores, padded to 16 rows; for one or two the plan chooses. Padded to 16 rows, a
+Llama-2-7B head (MHA) streamed its bf16 cache at 2.9-3.0 TB/s against at most 2.8 on CUDA cores, and an FP8 cache
+at 2.3-2.6 against 1.7-2.0 (H100, 64 to 512 sequences of 512 tokens).
 
 An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is read as its codes, which every q dtype holds
 exactly, and the scales multiply the scores (k_scale) and the output (v_scale) instead of each element: the
@@ -33,19 +36,24 @@ from trtllm_compile.ops.paged_attention import load_kv
 
 
 class DecodePlan(NamedTuple):
-    """How the decode kernel runs: K/V positions a tile loads, warps, pipeline stages."""
+    """How the decode kernel runs: K/V positions a tile loads, warps, pipeline stages, and whether one or two
+    query heads a KV head take the tensor cores (padded to 16 rows) rather than CUDA cores; larger groups
+    always take them."""
 
     block_n: int
     num_warps: int
     num_stages: int
+    tensor_cores: bool = False
 
     def __str__(self) -> str:
-        return f"N{self.block_n} w{self.num_warps} s{self.num_stages}"
+        return f"N{self.block_n} w{self.num_warps} s{self.num_stages}{' tc' if self.tensor_cores else ''}"
 
 
 # The first is the default where nothing is timed (fixed plans, TRTLLM_TRITON_AUTOTUNE=0, the interpreter): 32-token
-# tiles on 2 warps were the fastest at every load of an H100 microbenchmark (Llama-2-7B heads, 1 to 384 sequences).
-PLANS = [DecodePlan(n, w, s) for n, w, s in ((32, 2, 2), (64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3))]
+# tiles on 2 warps were the fastest CUDA-core plan at every load of an H100 microbenchmark (Llama-2-7B heads, 1 to
+# 384 sequences); the same tiles on the tensor cores won where timed since.
+_TILES = ((32, 2, 2), (64, 4, 2), (32, 4, 2), (64, 8, 2), (128, 8, 2), (64, 4, 3))
+PLANS = [DecodePlan(*tile) for tile in _TILES] + [DecodePlan(*tile, tensor_cores=True) for tile in _TILES]
 # Tokens a sequence of the timed sample holds. A plan is timed on a sample rather than on the call's batch: the
 # first call of a shape is usually a CUDA-graph warm-up, whose padding rows are empty and time nothing.
 TUNE_CONTEXT = 512
@@ -79,6 +87,10 @@ def _paged_decode_kernel(
     g_ok, d_ok = offs_g < GROUP, offs_d < HEAD_DIM
     q_mask = g_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
+    if KV_FP8 and USE_DOT and not FP32:
+        # E4M3 codes become fp16 in one instruction a pair (bf16 takes three), so the tensor cores multiply in
+        # fp16: q's bf16 values fit it (up to 65504), the codes and probabilities exactly
+        q = q.to(tl.float16)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
@@ -100,7 +112,7 @@ def _paged_decode_kernel(
         k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         block = tl.load(bt_row + (pos + BLOCK_N) // PAGE, mask=pos + BLOCK_N < hi, other=0)
-        if KV_FP8:  # the codes as they are: exact in q's dtype (tensor cores) or fp32 (CUDA cores)
+        if KV_FP8:  # the codes as they are: exact in fp16 or q's dtype (tensor cores), or fp32 (CUDA cores)
             k = k.to(q.dtype if USE_DOT else tl.float32)
             v = v.to(q.dtype if USE_DOT else tl.float32)
         if USE_DOT:  # tensor cores, query heads padded to 16 rows
@@ -253,8 +265,7 @@ def paged_decode_attention(
     splits = num_splits or plan_splits(programs, max_context, q.device)
     min_partition = 1 if num_splits else _MIN_PARTITION  # forced splits split any context (tests)
     group = hq // hkv
-    use_dot = group > 2
-    block_g = max(16, triton.next_power_of_2(group)) if use_dot else triton.next_power_of_2(group)
+    plans = PLANS if group <= 2 else list(dict.fromkeys(plan._replace(tensor_cores=True) for plan in PLANS))
     block_d = triton.next_power_of_2(head_dim)
     f32 = dict(dtype=torch.float32, device=q.device)
     m = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
@@ -264,23 +275,25 @@ def paged_decode_attention(
         k_scale, v_scale = k_scale.to(q.device), v_scale.to(q.device)
     meta = dict(
         GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
-        WINDOW=sliding_window > 0, USE_DOT=use_dot, FP32=q.dtype == torch.float32, KV_FP8=fp8,
-        MIN_PARTITION=min_partition, BLOCK_G=block_g, BLOCK_D=block_d,
+        WINDOW=sliding_window > 0, FP32=q.dtype == torch.float32, KV_FP8=fp8,
+        MIN_PARTITION=min_partition, BLOCK_D=block_d,
     )  # fmt: skip
 
     def launch(plan: DecodePlan, tables: Tensor, lens: Tensor) -> None:
+        block_g = max(16, triton.next_power_of_2(group)) if plan.tensor_cores else triton.next_power_of_2(group)
         _paged_decode_kernel[(n_seq, hkv, splits)](
             q, k_cache, v_cache, tables, lens, out, m, lse, acc,
             k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
             q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
             tables.stride(0), out.stride(0), out.stride(1),
             hq, splits, float(scale), float(softcap), int(sliding_window),
-            BLOCK_N=plan.block_n, num_warps=plan.num_warps, num_stages=plan.num_stages, **meta,
+            USE_DOT=plan.tensor_cores, BLOCK_G=block_g, BLOCK_N=plan.block_n, num_warps=plan.num_warps,
+            num_stages=plan.num_stages, **meta,
         )  # fmt: skip
 
     sample = functools.cache(lambda: _tuning_sample(n_seq, max_context, page, k_cache.shape[0], q.device))
     key = plan_key(q, k_cache, splits, softcap, sliding_window)
-    launch(cached_plan(key, PLANS, lambda plan: launch(plan, *sample())), block_tables, seq_lens)
+    launch(cached_plan(key, plans, lambda plan: launch(plan, *sample())), block_tables, seq_lens)
     if splits > 1:
         _merge_splits_kernel[(n_seq, hq)](
             m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),
