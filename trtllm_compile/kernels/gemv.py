@@ -440,6 +440,10 @@ FP8_CANDIDATES: dict[int, list[Plan]] = {
         fma_plan(2, 4096, num_warps=8, num_stages=2),
         fma_plan(4, 4096, num_warps=8, num_stages=2),
         fma_plan(8, 2048),
+        # 8 and 16 rows a program quantize each x tile for more weights (run 28: the small GEMMs' best without
+        # x's quantization took 16 rows of 1024)
+        fma_plan(8, 1024, num_stages=2),
+        fma_plan(16, 1024),
         fma_plan(4, 2048, split_k=2, num_stages=2),
         *_FP8_DOT_PLANS,
     ],
