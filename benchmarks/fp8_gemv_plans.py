@@ -1,0 +1,61 @@
+"""Every one-row FP8 GEMV plan at the Llama-2-7B GEMMs, the same plans with x left unquantized, and bf16 beside them.
+
+    PYTHONPATH=. python benchmarks/fp8_gemv_plans.py
+
+Each plan is timed as the tuner times it (kernels/tuning.py: replayed from a CUDA graph after an L2 sweep), one
+GEMM of one row a graph. "fp8": `kernels/gemv.FP8_CANDIDATES[1]` with x quantized in the kernel (the decode path
+of `trtllm::fp8_linear`); "fp8, x unquantized": the fma plans over the same FP8 weight with a bf16 x, what the
+quantization of x costs; "bf16": the bf16 one-row candidates (cuBLAS among them) over a bf16 weight. TB/s
+counts the weight bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trtllm_compile.kernels import gemv, tuning
+
+SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+
+
+def plan_us(run, plans) -> dict[str, float]:
+    """{plan: us} of `run(plan)` for each plan that compiles on this GPU."""
+    times = {}
+    for plan in plans:
+        try:
+            times[str(plan)] = 1e3 * tuning._graph_ms(lambda plan=plan: run(plan), torch.device("cuda"))
+        except Exception as error:  # a tile that does not fit this GPU (shared memory, registers)
+            print(f"  {plan}: {type(error).__name__}")
+    return times
+
+
+def shape_times(n: int, k: int) -> dict[str, tuple[dict[str, float], int]]:
+    """{weights kind: ({plan: us}, bytes a weight)} of one GEMM shape."""
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
+    w_fp8 = (0.5 * torch.randn(n, k, device="cuda")).to(torch.float8_e4m3fn)
+    w_bf16 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    scales = gemv.Fp8Scales(torch.tensor(0.05, device="cuda"), torch.rand(n, device="cuda") + 0.5)
+    fp8_plans = gemv.FP8_CANDIDATES[1]
+    fma_plans = [plan for plan in fp8_plans if plan.path == "fma"]
+    return {
+        "fp8": (plan_us(lambda plan: gemv._launch(x, w_fp8, None, y, plan, scales), fp8_plans), 1),
+        "fp8, x unquantized": (plan_us(lambda plan: gemv._launch(x, w_fp8, None, y, plan), fma_plans), 1),
+        "bf16": (plan_us(lambda plan: gemv._launch(x, w_bf16, None, y, plan), gemv.CANDIDATES[1]), 2),
+    }
+
+
+def main() -> None:
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, one row")
+    best = {"fp8": 0.0, "fp8, x unquantized": 0.0, "bf16": 0.0}
+    for name, (n, k) in SHAPES.items():
+        print(f"\n{name} ({n} x {k}): | weights | plan | us | TB/s |")
+        for kind, (times, itemsize) in shape_times(n, k).items():
+            for plan, us in sorted(times.items(), key=lambda item: item[1]):
+                print(f"| {kind} | {plan} | {us:.1f} | {n * k * itemsize / us / 1e6:.2f} |")
+            best[kind] += min(times.values())
+    print("\nbest plan per GEMM, summed over a layer (us):", {kind: round(us, 1) for kind, us in best.items()})
+
+
+if __name__ == "__main__":
+    main()
