@@ -54,7 +54,8 @@ def test_bench_measures_each_weight_format_and_prints_them_side_by_side(tmp_path
     assert [(r["system"], r["batch_size"]) for r in results] == [("trtllm", 1), ("trtllm int4_rtn kv=fp8", 1)]
     printed = capsys.readouterr().out
     summary = printed[printed.index("tokens/s by weight format") :].splitlines()
-    assert summary[1].split() == ["batch", "none", "int4_rtn", "int4_rtn", "x", "none"]
+    header = ["batch", "none", "int4_rtn", "int4_rtn", "x", "none", "decode", "int4_rtn", "x", "none"]
+    assert summary[1].split() == header
     assert json.loads(out.read_text())["args"]["kv_cache"] == "fp8"
     assert summary[2].split()[0] == "1" and summary[2].endswith("x")
 
@@ -75,13 +76,14 @@ def test_side_by_side_compares_common_batch_sizes_and_the_fullest_loads(capsys):
     from trtllm_compile.bench.cli import _print_side_by_side
     from trtllm_compile.bench.measure import Measurement
 
-    def run(system: str, batch: int, seconds: float) -> Measurement:
-        return Measurement(system, batch, 8, 4, seconds, 1.0, 1.0)
+    def run(system: str, batch: int, seconds: float, tpot_ms: float) -> Measurement:
+        return Measurement(system, batch, 8, 4, seconds, 1.0, tpot_ms)
 
-    results = [run("trtllm", 1, 1.0), run("trtllm", 8, 1.0), run("trtllm fp8", 1, 0.5), run("trtllm fp8", 16, 1.0)]
+    results = [run("trtllm", 1, 1.0, 6.0), run("trtllm", 8, 1.0, 8.0)]
+    results += [run("trtllm fp8", 1, 0.5, 4.0), run("trtllm fp8", 16, 1.0, 10.0)]
     _print_side_by_side(results, {"none": "trtllm", "fp8": "trtllm fp8"})
     rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[2:]]
-    assert rows == [["1", "4.0", "8.0", "2.00x"], ["max", "32.0", "64.0", "2.00x"]]
+    assert rows == [["1", "4.0", "8.0", "2.00x", "1.50x"], ["max", "32.0", "64.0", "2.00x", "0.80x"]]
 
 
 def test_an_unknown_peer_is_named_with_the_choices():

@@ -206,7 +206,8 @@ def _print_table(results: list[Measurement], args) -> None:
 
 def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> None:
     """tokens/s of each format (`systems`: format -> system name) at every batch size all of them ran, and each
-    one's ratio to the first format; plus their fullest loads if 'max' gave them different batch sizes."""
+    one's ratio to the first format, by tokens/s and by decode speed (1 / TPOT: what a step costs, without the
+    prefill in TTFT); plus their fullest loads if 'max' gave them different batch sizes."""
     runs = {fmt: {r.batch_size: r for r in results if r.system == system} for fmt, system in systems.items()}
     common = sorted(set.intersection(*(set(by_batch) for by_batch in runs.values())))
     rows = {str(batch): {fmt: by_batch[batch] for fmt, by_batch in runs.items()} for batch in common}
@@ -214,7 +215,7 @@ def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> 
     if len({r.batch_size for r in fullest.values()}) > 1:
         rows["max"] = fullest
     first, *others = systems
-    labels = [*systems, *(f"{fmt} x {first}" for fmt in others)]
+    labels = [*systems, *(f"{fmt} x {first}" for fmt in others), *(f"decode {fmt} x {first}" for fmt in others)]
     widths = [max(10, len(label) + 2) for label in labels]
 
     def line(batch: str, cells: list[str]) -> str:
@@ -225,7 +226,8 @@ def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> 
     for batch, row in rows.items():
         speeds = [f"{row[fmt].tokens_per_s:.1f}" for fmt in systems]
         ratios = [f"{row[fmt].tokens_per_s / row[first].tokens_per_s:.2f}x" for fmt in others]
-        print(line(batch, speeds + ratios))
+        decode_ratios = [f"{row[first].tpot_ms / row[fmt].tpot_ms:.2f}x" for fmt in others]
+        print(line(batch, speeds + ratios + decode_ratios))
 
 
 def _plot(results: list[Measurement], path: str) -> None:
