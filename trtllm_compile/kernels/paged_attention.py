@@ -8,8 +8,8 @@ partial (max, sum, unnormalized output) are merged by a second kernel. The parti
 from the sequence's actual length, so a CUDA graph captured for the longest context still spreads a long
 context over every split, and a short one over few (the others return at once). Groups of more than two query
 heads multiply on the tensor cores, padded to 16 rows; for one or two the plan chooses. Padded to 16 rows, a
-Llama-2-7B head (MHA) streamed its bf16 cache at 2.9-3.0 TB/s against at most 2.8 on CUDA cores, and an FP8 cache
-at 2.3-2.6 against 1.7-2.0 (H100, 64 to 512 sequences of 512 tokens).
+Llama-2-7B head (MHA) streamed its bf16 cache at 2.93-3.02 TB/s against 2.85-2.97 on CUDA cores, and an FP8 cache
+at 2.28-2.67 against 1.74-1.98 (H100, 64 to 512 sequences of 512 tokens, benchmarks/decode_attention_plans.py).
 
 An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is read as its codes, which every q dtype holds
 exactly, and the scales multiply the scores (k_scale) and the output (v_scale) instead of each element: the
