@@ -7,6 +7,7 @@ with that hint where it is missing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple, TextIO
 
 import httpx
 import pytest
@@ -70,6 +72,19 @@ def _tiny_model(folder: Path, tokenizer) -> Path:
     return folder
 
 
+class Server(NamedTuple):
+    url: str  # HTTP
+    grpc_url: str
+    names: list[str]  # the served models, each also as <name>_stream
+    process: subprocess.Popen
+    log: TextIO  # the server's stdout and stderr
+
+
+def _log_tail(log: TextIO, chars: int = 8000) -> str:
+    # Opened anew: the server shares `log`'s file offset, and moving it would move where the server writes.
+    return Path(log.name).read_text(errors="replace")[-chars:]
+
+
 @pytest.fixture(scope="module")
 def triton_server(smollm2, tmp_path_factory):
     _, tokenizer = smollm2
@@ -79,21 +94,28 @@ def triton_server(smollm2, tmp_path_factory):
     command += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     command += ["--max-batch-size", "8", "--max-num-tokens", "256", "--num-blocks", "64", "--instances", "2"]
     log = open(tmp_path_factory.mktemp("logs") / "triton.log", "w+")  # noqa: SIM115 (closed at teardown)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # Started with SIGINT ignored, as a script's background job is: SIGINT must still stop it cleanly.
+    ignore_sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=ignore_sigint)
     url = f"http://127.0.0.1:{http}"
     names = [default_model_dir().name, tiny.name]
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _models_ready(url, names):  # bounded by the deadline or the process exiting
             if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"Triton did not come up (exit {process.poll()}):\n{log.read()[-4000:]}")
+                pytest.fail(f"Triton did not come up (exit {process.poll()}):\n{_log_tail(log, 4000)}")
             time.sleep(1.0)
-        yield url, f"127.0.0.1:{grpc}", names
+        yield Server(url, f"127.0.0.1:{grpc}", names, process, log)
     finally:
         process.send_signal(signal.SIGINT)  # PyTriton's clean stop: Triton exits, shared memory is released
         try:
-            assert process.wait(120) == 0
+            try:
+                exit_code = process.wait(120)
+            except subprocess.TimeoutExpired:  # show where it waits
+                process.send_signal(signal.SIGUSR1)
+                time.sleep(2.0)
+                pytest.fail(f"Triton still running 120 s after SIGINT; its threads:\n{_log_tail(log)}")
+            assert exit_code == 0
             leftovers = [p.name for p in Path("/dev/shm").glob(f"pytrtion{process.pid}-*")]  # PyTriton's spelling
             assert not leftovers, f"shared memory left behind: {leftovers}"
         finally:
@@ -124,8 +146,7 @@ def _grpc(grpc_url: str, model: str) -> dict:
 
 @pytest.mark.parametrize("model_index", [0, 1], ids=["smollm2", "tiny-llama"])
 def test_grpc_batched_and_streamed_answers_agree(triton_server, model_index):
-    _, grpc_url, names = triton_server
-    answers = _grpc(grpc_url, names[model_index])
+    answers = _grpc(triton_server.grpc_url, triton_server.names[model_index])
     batched = [a["text"] for a in answers["batched"]]
     assert all(a["finish_reason"] in ("stop", "length") for a in answers["batched"])
     assert ["".join(chunks) for chunks in answers["streamed"]] == batched  # greedy: same text either way
@@ -135,7 +156,7 @@ def test_grpc_batched_and_streamed_answers_agree(triton_server, model_index):
 
 
 def test_one_shot_model_batches_dynamically_and_stream_model_is_decoupled(triton_server):
-    url, _, names = triton_server
+    url, names = triton_server.url, triton_server.names
     for name in names:
         one_shot = httpx.get(f"{url}/v2/models/{name}/config", timeout=30).json()
         stream = httpx.get(f"{url}/v2/models/{name}_stream/config", timeout=30).json()
@@ -144,7 +165,7 @@ def test_one_shot_model_batches_dynamically_and_stream_model_is_decoupled(triton
 
 
 def test_http_generate_and_generate_stream(triton_server):
-    url, _, names = triton_server
+    url, names = triton_server.url, triton_server.names
     body = {"text_input": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0}
     whole = httpx.post(f"{url}/v2/models/{names[0]}/generate", json=body, timeout=START_TIMEOUT_S).json()
     pieces = []
@@ -156,8 +177,41 @@ def test_http_generate_and_generate_stream(triton_server):
     assert whole["finish_reason"] == "length" and whole["num_tokens"] == MAX_TOKENS
 
 
+def test_sigusr1_writes_every_thread_stack_to_the_log(triton_server):
+    """What the teardown reads when the server does not stop: the stacks of all its threads, and it keeps serving."""
+    triton_server.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while "Current thread" not in _log_tail(triton_server.log, 10**6) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    dump = _log_tail(triton_server.log, 10**6)
+    assert "Current thread" in dump and 'File "' in dump
+    assert triton_server.process.poll() is None
+    assert httpx.get(f"{triton_server.url}/v2/health/ready", timeout=5).status_code == 200
+
+
+STOP_CHECK = """
+import os, signal, time
+from trtllm_compile.serve.triton import stop_on_signals
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a script's background job inherits it
+stop_on_signals()
+for sig in (signal.SIGINT, signal.SIGTERM):
+    try:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+        print("not stopped by", sig.name)
+    except KeyboardInterrupt:
+        print("stopped by", sig.name)
+"""
+
+
+def test_sigint_and_sigterm_stop_the_server_even_if_sigint_was_ignored():
+    """PyTriton stops Triton cleanly on KeyboardInterrupt only: both signals raise it, whatever was inherited."""
+    done = subprocess.run([sys.executable, "-c", STOP_CHECK], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[:2] == ["stopped by SIGINT", "stopped by SIGTERM"], done.stderr[-4000:]
+
+
 def test_bad_request_is_answered_without_failing_the_server(triton_server):
-    url, _, names = triton_server
+    url, names = triton_server.url, triton_server.names
     body = {"text_input": "Hi", "max_tokens": 10**6}
     answer = httpx.post(f"{url}/v2/models/{names[0]}/generate", json=body, timeout=300).json()
     assert answer["finish_reason"].startswith("error: max_tokens")

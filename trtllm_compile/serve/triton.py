@@ -9,6 +9,7 @@ Inputs: `text_input` (bytes), optional `max_tokens` (int32), `temperature`, `top
 Outputs: `text_output` (bytes; the whole text, or each response's new text when streaming), `num_tokens`
 (int32), `finish_reason` (bytes: stop, length, or `error: <why>` for a request that was rejected; one bad
 request of a dynamic batch must not fail the others, so it is answered this way instead of raising).
+SIGINT or SIGTERM stops the server; SIGUSR1 writes every thread's stack to stderr.
 
 PyTriton 0.7.0 needs numpy < 2, so it lives in its own virtual environment (`trtllm-compile triton --setup`
 makes one beside the model cache, sharing this environment's packages); the command re-runs itself there.
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import faulthandler
 import logging
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -252,6 +255,18 @@ def patch_pytriton_handshake() -> None:
     Model.get_proxy_model_files = get_proxy_model_files
 
 
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the server cleanly; SIGUSR1 writes every thread's stack to stderr.
+
+    PyTriton's `serve()` stops Triton (and frees its shared memory) on KeyboardInterrupt only. A server started
+    as a background job of a script inherits SIGINT ignored, and Python then never raises it (such a server
+    ignored SIGINT until killed, leaving its shared memory behind); SIGTERM, what `docker stop` and process
+    managers send, would end the process without the stop. Both now raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a server that does not stop is waiting
+
+
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -285,6 +300,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.tp > 1 and len(args.models) > 1:  # one torch.distributed group per process
         raise ValueError(f"--tp {args.tp} serves one model per process; start one `trtllm-compile triton` per model")
     loops, llms = [], []
+    stop_on_signals()
     patch_pytriton_handshake()
     with Triton(config=config) as triton:
         for model_path in args.models or [None]:
@@ -305,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
             f"Triton on {host}: HTTP {args.http_port}, gRPC {args.grpc_port}, metrics {args.metrics_port}", flush=True
         )
         try:
-            triton.serve()  # blocks until SIGINT/SIGTERM; leaving the `with` stops Triton and frees its shared memory
+            triton.serve()  # until SIGINT/SIGTERM (stop_on_signals); leaving the `with` frees Triton's shared memory
         finally:
             for loop in loops:
                 loop.close()
