@@ -18,15 +18,11 @@ from trtllm_compile.kernels import gemv, tuning
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 
 
-def plan_us(run, plans) -> dict[str, float]:
-    """{plan: us} of `run(plan)` for each plan that compiles on this GPU."""
-    times = {}
-    for plan in plans:
-        try:
-            times[str(plan)] = 1e3 * tuning._graph_ms(lambda plan=plan: run(plan), torch.device("cuda"))
-        except Exception as error:  # a tile that does not fit this GPU (shared memory, registers)
-            print(f"  {plan}: {type(error).__name__}")
-    return times
+def plan_us(name: tuple, run, plans) -> dict[str, float]:
+    """{plan: us} of `run(plan)` for each plan that runs on this GPU, as the tuner times and logs them."""
+    key = ("fp8_gemv_plans", *name, torch.device("cuda", torch.cuda.current_device()))
+    tuning._tune(key, run, plans)
+    return {plan: 1e3 * ms for plan, ms in tuning.tuning_log[key].items()}
 
 
 def shape_times(n: int, k: int) -> dict[str, tuple[dict[str, float], int]]:
@@ -38,22 +34,23 @@ def shape_times(n: int, k: int) -> dict[str, tuple[dict[str, float], int]]:
     scales = gemv.Fp8Scales(torch.tensor(0.05, device="cuda"), torch.rand(n, device="cuda") + 0.5)
     fp8_plans = gemv.FP8_CANDIDATES[1]
     fma_plans = [plan for plan in fp8_plans if plan.path == "fma"]
-    return {
-        "fp8": (plan_us(lambda plan: gemv._launch(x, w_fp8, None, y, plan, scales), fp8_plans), 1),
-        "fp8, x unquantized": (plan_us(lambda plan: gemv._launch(x, w_fp8, None, y, plan), fma_plans), 1),
-        "bf16": (plan_us(lambda plan: gemv._launch(x, w_bf16, None, y, plan), gemv.CANDIDATES[1]), 2),
+    runs = {
+        "fp8": (lambda plan: gemv._launch(x, w_fp8, None, y, plan, scales), fp8_plans, 1),
+        "fp8, x unquantized": (lambda plan: gemv._launch(x, w_fp8, None, y, plan), fma_plans, 1),
+        "bf16": (lambda plan: gemv._launch(x, w_bf16, None, y, plan), gemv.CANDIDATES[1], 2),
     }
+    return {kind: (plan_us((kind, n, k), run, plans), size) for kind, (run, plans, size) in runs.items()}
 
 
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, one row")
-    best = {"fp8": 0.0, "fp8, x unquantized": 0.0, "bf16": 0.0}
+    best: dict[str, float] = {}
     for name, (n, k) in SHAPES.items():
         print(f"\n{name} ({n} x {k}): | weights | plan | us | TB/s |")
         for kind, (times, itemsize) in shape_times(n, k).items():
             for plan, us in sorted(times.items(), key=lambda item: item[1]):
                 print(f"| {kind} | {plan} | {us:.1f} | {n * k * itemsize / us / 1e6:.2f} |")
-            best[kind] += min(times.values())
+            best[kind] = best.get(kind, 0.0) + min(times.values())
     print("\nbest plan per GEMM, summed over a layer (us):", {kind: round(us, 1) for kind, us in best.items()})
 
 
