@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import autotune, is_interpreted, rows_view
+from trtllm_compile.kernels import autotune, is_interpreted, pdl, rows_view
+from trtllm_compile.kernels.pdl import start_next_then_wait
 
 ACTIVATION_IDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
 
@@ -52,7 +53,9 @@ def _mlp_activation_kernel(
     ACTIVATION: tl.constexpr,
     HAS_UP: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    start_next_then_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -92,5 +95,6 @@ def mlp_activation(gate: Tensor, up: Tensor | None, activation: str) -> Tensor:
         n_cols,
         ACTIVATION=ACTIVATION_IDS[activation],
         HAS_UP=up is not None,
+        **pdl.launch_args(gate.device),
     )
     return out

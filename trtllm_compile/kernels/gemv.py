@@ -23,6 +23,8 @@ With split-K the programs write fp32 partials and a second kernel sums them (in 
 deterministic), adds the bias and casts. A plan (path, tile, split, warps, stages) is timed per
 (M bucket, N, K, dtype) on first use (kernels/tuning.py), with cuBLAS as one more candidate so a shape where it
 streams faster keeps it. Nothing here syncs the host once a plan is cached, so calls are CUDA-graph capturable.
+On Hopper the kernels launch with PDL (kernels/pdl.py): each program asks L2 for its first W tile while the
+kernel before it ends.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted, plans_fixed, rows_view
+from trtllm_compile.kernels import is_interpreted, pdl, plans_fixed, rows_view
+from trtllm_compile.kernels.pdl import prefetch_l2, start_next_then_wait
 from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 from trtllm_compile.kernels.tuning import cached_plan
 
@@ -120,6 +123,16 @@ def _w_values(w, zero, INT4: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_then_wait(w_ptr, rows_w, stride_wn, col, cols_left, W_COLS: tl.constexpr, PDL: tl.constexpr):
+    """With PDL (kernels/pdl.py): ask L2 for each of this program's W rows' first tile (W_COLS values from
+    column `col`, cut at `cols_left`) while the previous kernel ends, then wait for it."""
+    if PDL:
+        W_BYTES: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+        prefetch_l2(w_ptr + rows_w * stride_wn + col, cols_left * W_BYTES, W_COLS * W_BYTES)
+    start_next_then_wait(PDL)
+
+
+@triton.jit
 def _fp8_round(x, inv_scale, FP8_X: tl.constexpr):
     """With FP8_X, x as the FP8 GEMM sees it (`ops.quant.fp8_quantize`: x times 1 / scale, saturated to +-448,
     rounded to E4M3), in fp32; else x."""
@@ -183,7 +196,7 @@ def _gemv_fma_kernel(
     x_scale_ptr, w_scale_ptr, stride_w_scale, w_zero_ptr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
-    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # One [BLOCK_N, BLOCK_K] fp32 accumulator per x row (BLOCK_M <= 4), reduced over K once at the end. The x
     # rows are 1-D loads whose layout is the W tile's column slice when BLOCK_K = 256 * num_warps (8 elements
@@ -197,7 +210,9 @@ def _gemv_fma_kernel(
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)  # rows past N re-read row N - 1, never stored
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo // (BLOCK_K // W_COLS) + tl.arange(0, W_COLS))[None, :]
+    col_lo, cols = k_lo // (BLOCK_K // W_COLS), (k_hi - k_lo) // (BLOCK_K // W_COLS)
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
+    _prefetch_then_wait(w_ptr, rows_w, stride_wn, col_lo, cols, W_COLS, PDL)
     x0_ptrs = x_ptr + k_lo + offs_k
     x1_ptrs = x0_ptrs + tl.minimum(1, M - 1) * stride_xm  # rows past M re-read row M - 1, never stored
     x2_ptrs = x0_ptrs + tl.minimum(2, M - 1) * stride_xm
@@ -286,6 +301,7 @@ def _gemv_dot_kernel(
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
     INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr, W_EVICT: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     # With FP8_X (an FP8 E4M3 W, a static per-tensor x scale) x^T tiles are quantized to E4M3 as they are loaded,
     # the FP8 tensor cores multiply them with the W tiles, and the sums are scaled by x_scale * w_scale[n]. With
@@ -302,7 +318,9 @@ def _gemv_dot_kernel(
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_lo // (BLOCK_K // W_COLS) + tl.arange(0, W_COLS))[None, :]
+    col_lo, cols = k_lo // (BLOCK_K // W_COLS), (k_hi - k_lo) // (BLOCK_K // W_COLS)
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
+    _prefetch_then_wait(w_ptr, rows_w, stride_wn, col_lo, cols, W_COLS, PDL)
     x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (k_lo + offs_k)[:, None]  # x^T: [BLOCK_K, BLOCK_M]
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     x_inv_scale = 1.0
@@ -333,7 +351,10 @@ def _gemv_dot_kernel(
 
 
 @triton.jit
-def _split_k_reduce_kernel(ws_ptr, b_ptr, y_ptr, MN, N, splits, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _split_k_reduce_kernel(
+    ws_ptr, b_ptr, y_ptr, MN, N, splits, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
+    start_next_then_wait(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -572,15 +593,16 @@ def _launch(
         meta.update(w_scale_ptr=quant.scales, stride_w_scale=quant.scales.stride(0), GROUP_SIZE=quant.group_size)
         if quant.zeros is not None:
             meta.update(w_zero_ptr=quant.zeros, HAS_ZEROS=True)
+    launch_args = pdl.launch_args(x2.device)
     _KERNELS[plan.path][(programs, splits)](
         x2, weight, b, y2, ws, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
-        BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps, **meta,
+        BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps, **meta, **launch_args,
     )  # fmt: skip
     if splits > 1:
         block = 1024
         _split_k_reduce_kernel[(triton.cdiv(m * n, block),)](
-            ws, b, y2, m * n, n, splits, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4
+            ws, b, y2, m * n, n, splits, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4, **launch_args
         )
 
 

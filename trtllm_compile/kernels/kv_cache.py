@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted
+from trtllm_compile.kernels import is_interpreted, pdl
+from trtllm_compile.kernels.pdl import start_next_then_wait
 from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 from trtllm_compile.ops.paged_attention import FP8_KV_DTYPE
 
@@ -24,8 +25,9 @@ def _write_kv_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_scale_ptr, v_scale_ptr, k_back_ptr, v_back_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh, stride_slot, stride_head,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    QUANTIZE: tl.constexpr, READ_BACK: tl.constexpr,
+    QUANTIZE: tl.constexpr, READ_BACK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    start_next_then_wait(PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     heads = tl.arange(0, BLOCK_H)[:, None]
@@ -101,5 +103,5 @@ def write_kv_cache(
         k_rows.stride(0), k_rows.stride(1), v_rows.stride(0), v_rows.stride(1), k_cache.stride(0), k_cache.stride(1),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim,
         BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        QUANTIZE=quantize, READ_BACK=read_back is not None, num_warps=4,
+        QUANTIZE=quantize, READ_BACK=read_back is not None, num_warps=4, **pdl.launch_args(k.device),
     )  # fmt: skip

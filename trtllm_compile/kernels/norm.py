@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import autotune, is_interpreted, rows_view
+from trtllm_compile.kernels import autotune, is_interpreted, pdl, rows_view
+from trtllm_compile.kernels.pdl import start_next_then_wait
 
 _CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 1, 2, 8, 16)]
 
@@ -63,7 +64,9 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     UNIT_OFFSET: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    start_next_then_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
@@ -103,6 +106,7 @@ def _launch(x2, res2, weight, out2, sum2, eps: float, unit_offset: bool) -> None
         HAS_RESIDUAL=has_res,
         UNIT_OFFSET=unit_offset,
         BLOCK_N=triton.next_power_of_2(n),
+        **pdl.launch_args(x2.device),
     )
 
 

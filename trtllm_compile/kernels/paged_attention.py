@@ -29,8 +29,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted, plans_fixed
+from trtllm_compile.kernels import is_interpreted, pdl, plans_fixed
 from trtllm_compile.kernels.activation import tanh
+from trtllm_compile.kernels.pdl import start_next_then_wait
 from trtllm_compile.kernels.tuning import cached_plan
 from trtllm_compile.ops.paged_attention import load_kv
 
@@ -69,8 +70,9 @@ def _paged_decode_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr,
     MIN_PARTITION: tl.constexpr, KV_FP8: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    start_next_then_wait(PDL)
     n = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -156,8 +158,9 @@ def _paged_decode_kernel(
 @triton.jit
 def _merge_splits_kernel(
     m_ptr, l_ptr, acc_ptr, out_ptr, num_q_heads, num_splits, stride_on, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    start_next_then_wait(PDL)
     n = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s, offs_d = tl.arange(0, BLOCK_S), tl.arange(0, BLOCK_D)
@@ -276,7 +279,7 @@ def paged_decode_attention(
     meta = dict(
         GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
         WINDOW=sliding_window > 0, FP32=q.dtype == torch.float32, KV_FP8=fp8,
-        MIN_PARTITION=min_partition, BLOCK_D=block_d,
+        MIN_PARTITION=min_partition, BLOCK_D=block_d, **pdl.launch_args(q.device),
     )  # fmt: skip
 
     def launch(plan: DecodePlan, tables: Tensor, lens: Tensor) -> None:
@@ -298,6 +301,7 @@ def paged_decode_attention(
         _merge_splits_kernel[(n_seq, hq)](
             m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,
+            **pdl.launch_args(q.device),
         )  # fmt: skip
     return out
 

@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted
+from trtllm_compile.kernels import is_interpreted, pdl
+from trtllm_compile.kernels.pdl import start_next_then_wait
 
 BLOCK = 1024
 
@@ -31,7 +32,8 @@ def to_e4m3(x, inv_scale):
 
 
 @triton.jit
-def _fp8_quantize_rows_kernel(x_ptr, scale_ptr, y_ptr, M, K, stride_xm, BLOCK: tl.constexpr):
+def _fp8_quantize_rows_kernel(x_ptr, scale_ptr, y_ptr, M, K, stride_xm, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    start_next_then_wait(PDL)
     row, pid_k = tl.program_id(0), tl.program_id(1)
     offs = pid_k * BLOCK + tl.arange(0, BLOCK)
     in_k = offs < K
@@ -58,5 +60,7 @@ def fp8_quantize_rows(x2: Tensor, scale: Tensor, rows: int) -> Tensor:
         raise ValueError(f"cannot quantize {m} rows into {rows}")
     y = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x2.device)
     scale = scale.float().reshape(())
-    _fp8_quantize_rows_kernel[(rows, triton.cdiv(k, BLOCK))](x2, scale, y, m, k, x2.stride(0), BLOCK=BLOCK)
+    _fp8_quantize_rows_kernel[(rows, triton.cdiv(k, BLOCK))](
+        x2, scale, y, m, k, x2.stride(0), BLOCK=BLOCK, **pdl.launch_args(x2.device)
+    )
     return y

@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import autotune, is_interpreted, tl_dtype
+from trtllm_compile.kernels import autotune, is_interpreted, pdl, tl_dtype
+from trtllm_compile.kernels.pdl import start_next_then_wait
 
 _CONFIGS = [triton.Config({"BLOCK_ROWS": r}, num_warps=w) for r, w in ((4, 4), (1, 1), (2, 2), (8, 4), (16, 8))]
 
@@ -52,7 +53,9 @@ def _rope_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    start_next_then_wait(PDL)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = rows < n_rows
     i0, i1, i2 = rows // (A1 * A2), (rows // A2) % A1, rows % A2
@@ -137,5 +140,6 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
         COMPUTE_DTYPE=tl_dtype(compute),
         BLOCK_H=triton.next_power_of_2(max(half, 1)),
         BLOCK_P=triton.next_power_of_2(max(head_dim - rotary_dim, 1)),
+        **pdl.launch_args(x.device),
     )
     return out

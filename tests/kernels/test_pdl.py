@@ -1,0 +1,79 @@
+"""Programmatic dependent launch (kernels/pdl.py): when it is on, and what the kernels compile to with it.
+
+The GPU side (a decode step's kernels chained with PDL inside CUDA graphs give the references' results) is every
+`gpu` test of tests/kernels and tests/runtime: PDL is on by default on the lent H100s. Here, on CPU, the kernels are
+compiled for an sm_90 target (Triton's own ptxas, no GPU needed) and their PTX is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+# Compiles two decode kernels for sm_90 with PDL on and off and prints how often each PDL instruction appears.
+_COMPILE = r"""
+import json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from trtllm_compile.kernels import gemv, norm
+
+def ptx(kernel, types, constexprs):
+    sig = dict(zip(kernel.arg_names, types + ["constexpr"] * len(constexprs)))
+    index = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
+    src = ASTSource(fn=kernel, signature=sig, constexprs=index)
+    options = dict(num_warps=4, launch_pdl=constexprs["PDL"])
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+OPS = ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2")
+counts = {}
+for on in (True, False):
+    fp8_gemv = ptx(
+        gemv._gemv_fma_kernel,
+        ["*bf16", "*fp8e4nv", "*bf16", "*bf16", "*fp32"] + ["i32"] * 6 + ["*fp32", "*fp32", "i32", "*bf16"],
+        dict(HAS_BIAS=False, SPLIT=False, EVEN_K=True, PREFETCH=True, BLOCK_M=1, BLOCK_N=16, BLOCK_K=1024,
+             FP8_X=True, INT4=False, HAS_ZEROS=False, GROUP_SIZE=1, PDL=on),
+    )
+    rms_norm = ptx(
+        norm._rms_norm_kernel,
+        ["*bf16"] * 5 + ["i32"] * 5 + ["fp32"],
+        dict(HAS_RESIDUAL=True, UNIT_OFFSET=False, BLOCK_N=4096, PDL=on),
+    )
+    for name, text in (("gemv", fp8_gemv), ("norm", rms_norm)):
+        counts[f"{name} pdl={on}"] = {op: text.count(op) for op in OPS}
+print(json.dumps(counts))
+"""
+
+
+def test_launch_args_turn_pdl_on_only_for_a_hopper_gpu_unless_turned_off(monkeypatch):
+    from trtllm_compile.kernels import pdl
+
+    assert pdl.launch_args(torch.device("cpu")) == {"PDL": False}
+    monkeypatch.setenv(pdl.ENV, "0")
+    pdl._enabled.cache_clear()
+    try:  # read before the device is asked for its compute capability, so this runs without a GPU
+        assert pdl.launch_args(torch.device("cuda", 0)) == {"PDL": False}
+    finally:
+        pdl._enabled.cache_clear()
+
+
+def test_decode_kernels_compile_to_grid_dependency_control_for_sm90():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+        pytest.skip(f"Triton's ptxas is missing here: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    for kernel in ("gemv", "norm"):
+        on, off = counts[f"{kernel} pdl=True"], counts[f"{kernel} pdl=False"]
+        assert on["griddepcontrol.wait"] >= 1 and on["griddepcontrol.launch_dependents"] >= 1, (kernel, on)
+        assert off == {op: 0 for op in off}, (kernel, off)
+    # the GEMV asks L2 for its first weight tile before it waits; the norm reads nothing before
+    assert counts["gemv pdl=True"]["prefetch.global.L2"] >= 1
+    assert counts["norm pdl=True"]["prefetch.global.L2"] == 0
