@@ -47,6 +47,10 @@ MAX_ROWS = 16  # above this a GEMM has enough rows to be compute-bound: cuBLAS r
 # Hopper's FP8 MMA accumulates in fewer bits than fp32; the dot path adds its sums into fp32 every this many
 # products (as cuBLASLt does unless fast accumulation is on)
 FP8_PROMOTE_EVERY: tl.constexpr = tl.constexpr(128)
+# The fma path multiplies FP8 weights in fp16 (`_fma_tile`): x's E4M3 values times 2^-6 keep a product (|w|, |x| <=
+# 448) within 3136, so an accumulator of up to F16_MAC_MAX_TILES of them stays below fp16's 65504.
+F16_MAC_SCALE: tl.constexpr = tl.constexpr(2.0**-6)
+F16_MAC_MAX_TILES = 16
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -133,11 +137,13 @@ def _prefetch_then_wait(w_ptr, rows_w, stride_wn, col, cols_left, W_COLS: tl.con
 
 
 @triton.jit
-def _fp8_round(x, inv_scale, FP8_X: tl.constexpr):
+def _fp8_round(x, inv_scale, FP8_X: tl.constexpr, F16_MAC: tl.constexpr):
     """With FP8_X, x as the FP8 GEMM sees it (`ops.quant.fp8_quantize`: x times 1 / scale, saturated to +-448,
-    rounded to E4M3), in fp32; else x."""
-    if FP8_X:
-        return to_e4m3(x, inv_scale).to(tl.float32)
+    rounded to E4M3), in fp32, or with F16_MAC times F16_MAC_SCALE in fp16 (exact); else x."""
+    if F16_MAC:
+        x = (to_e4m3(x, inv_scale).to(tl.float32) * F16_MAC_SCALE).to(tl.float16)
+    elif FP8_X:
+        x = to_e4m3(x, inv_scale).to(tl.float32)
     return x
 
 
@@ -146,26 +152,30 @@ def _fma_tile(
     w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale,
     rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
     MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
-    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr, F16_MAC: tl.constexpr,
 ):  # fmt: skip
     """The W tile at K offset k with its INT4 scales and zero points (`w_tile`), and up to four x rows over it, in
     fp32 but for INT4 words (converted where used, `_w_values`: 8x the registers); with MASKED, zeros from k_hi
     on. FP8 and half tiles convert from the registers they are loaded in (carried as bytes, FP8 tiles cost a
-    third more instructions to unpack)."""
+    third more instructions to unpack). With F16_MAC (FP8 W and x) both are fp16: E4M3 -> fp16 is one
+    instruction per two values, where fp32 takes a quarter-rate conversion per value more, which bounded this path
+    at ~2.2 TB/s on an H100; their products are exact in fp16 (`_fp8_round`)."""
     w, scale, zero = w_tile(
         w_ptrs, k, k_hi, rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
         MASKED, "evict_first", BLOCK_K, INT4, HAS_ZEROS, GROUP_SIZE,
     )  # fmt: skip
-    if not INT4:
+    if F16_MAC:
+        w = w.to(tl.float16)
+    elif not INT4:
         w = w.to(tl.float32)
     k_ok = (k + tl.arange(0, BLOCK_K)) < k_hi
-    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
+    x0 = _fp8_round(_load_k(x0_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X, F16_MAC)
     x1, x2, x3 = x0, x0, x0
     if BLOCK_M > 1:
-        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
+        x1 = _fp8_round(_load_k(x1_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X, F16_MAC)
     if BLOCK_M > 2:
-        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
-        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X)
+        x2 = _fp8_round(_load_k(x2_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X, F16_MAC)
+        x3 = _fp8_round(_load_k(x3_ptrs, k_ok, MASKED, "").to(tl.float32), x_inv_scale, FP8_X, F16_MAC)
     return w, scale, zero, x0, x1, x2, x3
 
 
@@ -183,8 +193,9 @@ def _fma(acc, w, x, scale, INT4: tl.constexpr):
 
 @triton.jit
 def _scaled_sum(acc, x_scale, w_scale, SCALED: tl.constexpr):
-    """One x row's [1, BLOCK_N] result from its [BLOCK_N, *] accumulator (scaled in the references' order)."""
-    out = tl.sum(acc, axis=1)
+    """One x row's [1, BLOCK_N] result from its [BLOCK_N, *] accumulator (scaled in the references' order), summed
+    in fp32."""
+    out = tl.sum(acc.to(tl.float32), axis=1)
     if SCALED:
         out = out * x_scale * w_scale
     return out[None, :]
@@ -197,6 +208,7 @@ def _gemv_fma_kernel(
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
     INT4: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_SIZE: tl.constexpr, PDL: tl.constexpr,
+    F16_MAC: tl.constexpr,
 ):  # fmt: skip
     # One [BLOCK_N, BLOCK_K] fp32 accumulator per x row (BLOCK_M <= 4), reduced over K once at the end. The x
     # rows are 1-D loads whose layout is the W tile's column slice when BLOCK_K = 256 * num_warps (8 elements
@@ -221,13 +233,17 @@ def _gemv_fma_kernel(
     if FP8_X:
         x_scale = tl.load(x_scale_ptr)
         x_inv_scale = inverse_scale(x_scale_ptr)
+        if F16_MAC:  # the sums are of x's values times F16_MAC_SCALE
+            x_scale = x_scale * (1.0 / F16_MAC_SCALE)
     q = (rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale)
     acc0 = tl.zeros([BLOCK_N, W_COLS], dtype=tl.float32)
+    if F16_MAC:
+        acc0 = acc0.to(tl.float16)
     acc1, acc2, acc3 = acc0, acc0, acc0
     if PREFETCH:  # register double-buffering: the next tile's loads are in flight during this tile's FMAs
         w, scale, zero, x0, x1, x2, x3 = _fma_tile(
             w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k_lo, k_hi, x_inv_scale, *q,
-            True, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE,
+            True, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE, F16_MAC,
         )  # fmt: skip
         for k in range(k_lo, k_hi, BLOCK_K):
             w_cur, s_cur, z_cur, a0, a1, a2, a3 = w, scale, zero, x0, x1, x2, x3
@@ -238,7 +254,7 @@ def _gemv_fma_kernel(
             x3_ptrs += BLOCK_K
             w, scale, zero, x0, x1, x2, x3 = _fma_tile(
                 w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k + BLOCK_K, k_hi, x_inv_scale, *q,
-                True, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE,
+                True, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE, F16_MAC,
             )  # fmt: skip
             w_cur = _w_values(w_cur, z_cur, INT4)
             acc0 = _fma(acc0, w_cur, a0, s_cur, INT4)
@@ -251,7 +267,7 @@ def _gemv_fma_kernel(
         for k in range(k_lo, k_hi, BLOCK_K):
             w, scale, zero, x0, x1, x2, x3 = _fma_tile(
                 w_ptrs, x0_ptrs, x1_ptrs, x2_ptrs, x3_ptrs, k, k_hi, x_inv_scale, *q,
-                not EVEN_K, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE,
+                not EVEN_K, BLOCK_M, BLOCK_K, FP8_X, INT4, HAS_ZEROS, GROUP_SIZE, F16_MAC,
             )  # fmt: skip
             w = _w_values(w, zero, INT4)
             acc0 = _fma(acc0, w, x0, scale, INT4)
@@ -572,6 +588,7 @@ def _launch(
     ws = torch.empty((splits, m, n), dtype=torch.float32, device=x2.device) if splits > 1 else y2
     b = bias if bias is not None else y2
     programs = triton.cdiv(n, plan.block_n)
+    fp8, int4 = isinstance(quant, Fp8Scales), isinstance(quant, Int4Weights)
     if plan.path == "dot":
         # Triton's software pipeliner streams the W tiles through shared memory, num_stages deep. W tiles that
         # several M blocks read are kept in L2 rather than evicted first.
@@ -580,8 +597,8 @@ def _launch(
         programs *= triton.cdiv(m, plan.block_m)
     else:
         # No tl.dot, so Triton does not pipeline these loads: stages > 1 means register double-buffering.
-        meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), num_stages=1)
-    fp8, int4 = isinstance(quant, Fp8Scales), isinstance(quant, Int4Weights)
+        f16_mac = fp8 and triton.cdiv(k_per_split, plan.block_k) <= F16_MAC_MAX_TILES
+        meta = dict(PREFETCH=plan.num_stages > 1, BLOCK_M=row_bucket(m), F16_MAC=f16_mac, num_stages=1)
     meta.update(FP8_X=fp8, INT4=int4, HAS_ZEROS=False, GROUP_SIZE=1)
     meta.update(x_scale_ptr=y2, w_scale_ptr=y2, stride_w_scale=0, w_zero_ptr=y2)  # unread unless FP8_X or INT4
     if fp8:
