@@ -11,9 +11,9 @@ walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32. Two inner produ
 
 FP8 E4M3 weights with a static activation scale (`fp8_gemv`, the decode path of `trtllm::fp8_linear`): x is
 quantized as it is loaded and the sums are scaled by x_scale * w_scale, so one kernel does what would otherwise
-be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows. On the fma path every weight is converted to fp32
-on CUDA cores (conversion throughput, not bandwidth, bounds it: 2.2 TB/s on an H100); on the dot path the FP8
-tensor cores take the E4M3 tiles as they are.
+be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows. On the fma path W and x's E4M3 values meet in fp16
+on CUDA cores (packed FMAs, products exact; `F16_MAC_SCALE`): converted to fp32 instead, the conversions bounded
+the path at ~2.2 TB/s on an H100. On the dot path the FP8 tensor cores take the E4M3 tiles as they are.
 
 INT4 weight-only weights (`Int4Weights`, used by kernels/int4_gemv.py): the W tiles are loaded as int32 words of
 eight 4-bit codes and dequantized in registers (`int4_codes`); the dot path also takes more than 16 rows
