@@ -12,7 +12,7 @@ walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32. Two inner produ
 FP8 E4M3 weights with a static activation scale (`fp8_gemv`, the decode path of `trtllm::fp8_linear`): x is
 quantized as it is loaded and the sums are scaled by x_scale * w_scale, so one kernel does what would otherwise
 be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows. On the fma path W and x's E4M3 values meet in fp16
-on CUDA cores (packed FMAs, products exact; `F16_MAC_SCALE`): converted to fp32 instead, the conversions bounded
+on CUDA cores (packed FMAs; `F16_MAC_SCALE`): converted to fp32 instead, the conversions bounded
 the path at ~2.2 TB/s on an H100. On the dot path the FP8 tensor cores take the E4M3 tiles as they are.
 
 INT4 weight-only weights (`Int4Weights`, used by kernels/int4_gemv.py): the W tiles are loaded as int32 words of
@@ -159,7 +159,8 @@ def _fma_tile(
     on. FP8 and half tiles convert from the registers they are loaded in (carried as bytes, FP8 tiles cost a
     third more instructions to unpack). With F16_MAC (FP8 W and x) both are fp16: E4M3 -> fp16 is one
     instruction per two values, where fp32 takes a quarter-rate conversion per value more, which bounded this path
-    at ~2.2 TB/s on an H100; their products are exact in fp16 (`_fp8_round`)."""
+    at ~2.2 TB/s on an H100. x's scaled E4M3 values are exact in fp16 (`_fp8_round`), and so is a product of
+    two unless it lies 2^28 or more below the largest (448 * 448), where fp16 turns subnormal."""
     w, scale, zero = w_tile(
         w_ptrs, k, k_hi, rows_w, w_scale_ptr, w_zero_ptr, stride_w_scale,
         MASKED, "evict_first", BLOCK_K, INT4, HAS_ZEROS, GROUP_SIZE,
