@@ -56,6 +56,20 @@ def test_paged_decode_fp8_interpreted(
     assert actual[1].abs().max() == 0  # seq_len 0 attends to nothing
 
 
+def test_paged_decode_fp8_on_tensor_cores_takes_q_beyond_fp16s_range(interpreted, assert_matches, monkeypatch):
+    """On the tensor cores an FP8 cache meets q in fp16; q values past 65504 (bf16 holds them) are scaled by the
+    softmax scale before they are rounded to fp16, rather than becoming inf."""
+    attn = interpreted("paged_attention")
+    monkeypatch.setattr(attn, "PLANS", [attn.DecodePlan(32, 2, 2, tensor_cores=True)])
+    (q, *cache), (k_scale, v_scale), scale = _fp8_case([13, 1, 30], 8, 2, 16, 8, torch.bfloat16, "cpu")
+    q = q * 2.0**15  # exact in bf16; the largest values pass 65504
+    assert q.abs().max() > torch.finfo(torch.float16).max
+    expected = attn.paged_decode_attention_reference(q, *cache, scale, k_scale=k_scale, v_scale=v_scale)
+    actual = attn.paged_decode_attention(q, *cache, scale, k_scale=k_scale, v_scale=v_scale)
+    assert actual.isfinite().all()
+    assert_matches(actual, expected, "attention")
+
+
 def test_paged_decode_fp8_rejects_a_cache_without_scales(interpreted):
     attn = interpreted("paged_attention")
     args, _, scale = _fp8_case([5], 4, 4, 16, 8, torch.float32, "cpu")
@@ -137,6 +151,24 @@ def test_paged_decode_fp8_gpu(assert_matches, dtype, q_heads, kv_heads, head_dim
     args, (k_scale, v_scale), scale = _fp8_case(lens, q_heads, kv_heads, head_dim, page, dtype, "cuda")
     expected = attn.paged_decode_attention_reference(*args, scale, k_scale=k_scale, v_scale=v_scale)
     assert_matches(attn.paged_decode_attention(*args, scale, k_scale=k_scale, v_scale=v_scale), expected, "attention")
+
+
+@pytest.mark.gpu
+def test_paged_decode_fp8_gpu_on_tensor_cores_takes_q_beyond_fp16s_range(assert_matches, monkeypatch):
+    from trtllm_compile.kernels import paged_attention as attn
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 KV cache loads need compute capability 8.9 or newer")
+    from trtllm_compile.kernels import tuning
+
+    monkeypatch.setattr(attn, "PLANS", [attn.DecodePlan(32, 4, 2, tensor_cores=True)])
+    monkeypatch.setattr(tuning, "plans", {})  # no plan cached by another test for this shape
+    (q, *cache), (k_scale, v_scale), scale = _fp8_case([700, 3, 1200], 32, 32, 128, 16, torch.bfloat16, "cuda")
+    q = q * 2.0**15  # Llama-2 heads (MHA); the largest values pass 65504
+    expected = attn.paged_decode_attention_reference(q, *cache, scale, k_scale=k_scale, v_scale=v_scale)
+    actual = attn.paged_decode_attention(q, *cache, scale, k_scale=k_scale, v_scale=v_scale)
+    assert actual.isfinite().all()
+    assert_matches(actual, expected, "attention")
 
 
 @pytest.mark.gpu

@@ -91,8 +91,10 @@ def _paged_decode_kernel(
     q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
     if KV_FP8 and USE_DOT and not FP32:
         # E4M3 codes become fp16 in one instruction a pair (bf16 takes three), so the tensor cores multiply in
-        # fp16: q's bf16 values fit it (up to 65504), the codes and probabilities exactly
-        q = q.to(tl.float16)
+        # fp16, which holds the codes and probabilities exactly. q is scaled first (the softmax scale, 1 / sqrt(D)
+        # in most models), so that bf16 q values up to 65504 / scale fit fp16's range.
+        q = (q.to(tl.float32) * scale).to(tl.float16)
+        scale = 1.0
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
