@@ -2,7 +2,8 @@
 
 At M <= 16 a GEMM is a weight stream: every byte of W is read once and used M times, so the kernel is judged
 by the bandwidth it reaches. Each program owns BLOCK_N rows of W (and, with split-K, one slice of K) and
-walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32. Two inner products:
+walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32 (FP8 fma plans: in fp16 over at most
+F16_MAC_MAX_TILES tiles, then fp32). Two inner products:
 
 - `fma` (M <= 4): CUDA-core FMAs into one [BLOCK_N, BLOCK_K] fp32 accumulator per x row, reduced over K once
   at the end, optionally with the next tile's loads issued before this tile's math (register double-buffer).
@@ -12,8 +13,8 @@ walks K in BLOCK_K tiles of 16-byte loads, accumulating in fp32. Two inner produ
 FP8 E4M3 weights with a static activation scale (`fp8_gemv`, the decode path of `trtllm::fp8_linear`): x is
 quantized as it is loaded and the sums are scaled by x_scale * w_scale, so one kernel does what would otherwise
 be a quantize kernel plus a cuBLASLt GEMM padded to 16 rows. On the fma path W and x's E4M3 values meet in fp16
-on CUDA cores (packed FMAs; `F16_MAC_SCALE`): converted to fp32 instead, the conversions bounded
-the path at ~2.2 TB/s on an H100. On the dot path the FP8 tensor cores take the E4M3 tiles as they are.
+on CUDA cores (packed FMAs; `F16_MAC_SCALE`): converted to fp32 instead, the conversions bounded the path at
+~2.2 TB/s on an H100. On the dot path the FP8 tensor cores take the E4M3 tiles as they are.
 
 INT4 weight-only weights (`Int4Weights`, used by kernels/int4_gemv.py): the W tiles are loaded as int32 words of
 eight 4-bit codes and dequantized in registers (`int4_codes`); the dot path also takes more than 16 rows
