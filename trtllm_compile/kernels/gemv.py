@@ -128,13 +128,19 @@ def _w_values(w, zero, INT4: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_then_wait(w_ptr, rows_w, stride_wn, col, cols_left, W_COLS: tl.constexpr, PDL: tl.constexpr):
-    """With PDL (kernels/pdl.py): ask L2 for each of this program's W rows' first tile (W_COLS values from
-    column `col`, cut at `cols_left`) while the previous kernel ends, then wait for it."""
+def _first_w_tile_ptrs(
+    w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K: tl.constexpr, W_COLS: tl.constexpr, PDL: tl.constexpr
+):  # fmt: skip
+    """Pointers to this program's W tile at K offset k_lo ([BLOCK_N, W_COLS] values as stored). With PDL
+    (kernels/pdl.py), first ask L2 for those tiles (cut at k_hi) while the previous kernel ends, then wait for it."""
+    col_lo = k_lo // (BLOCK_K // W_COLS)
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
     if PDL:
         W_BYTES: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        prefetch_l2(w_ptr + rows_w * stride_wn + col, cols_left * W_BYTES, W_COLS * W_BYTES)
+        cols_left = (k_hi - k_lo) // (BLOCK_K // W_COLS)
+        prefetch_l2(w_ptr + rows_w * stride_wn + col_lo, cols_left * W_BYTES, W_COLS * W_BYTES)
     start_next_then_wait(PDL)
+    return w_ptrs
 
 
 @triton.jit
@@ -224,9 +230,7 @@ def _gemv_fma_kernel(
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)  # rows past N re-read row N - 1, never stored
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    col_lo, cols = k_lo // (BLOCK_K // W_COLS), (k_hi - k_lo) // (BLOCK_K // W_COLS)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
-    _prefetch_then_wait(w_ptr, rows_w, stride_wn, col_lo, cols, W_COLS, PDL)
+    w_ptrs = _first_w_tile_ptrs(w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K, W_COLS, PDL)
     x0_ptrs = x_ptr + k_lo + offs_k
     x1_ptrs = x0_ptrs + tl.minimum(1, M - 1) * stride_xm  # rows past M re-read row M - 1, never stored
     x2_ptrs = x0_ptrs + tl.minimum(2, M - 1) * stride_xm
@@ -336,9 +340,7 @@ def _gemv_dot_kernel(
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    col_lo, cols = k_lo // (BLOCK_K // W_COLS), (k_hi - k_lo) // (BLOCK_K // W_COLS)
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
-    _prefetch_then_wait(w_ptr, rows_w, stride_wn, col_lo, cols, W_COLS, PDL)
+    w_ptrs = _first_w_tile_ptrs(w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K, W_COLS, PDL)
     x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (k_lo + offs_k)[:, None]  # x^T: [BLOCK_K, BLOCK_M]
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     x_inv_scale = 1.0
