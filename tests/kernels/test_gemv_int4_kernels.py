@@ -44,6 +44,19 @@ def _float64_reference(x, packed, scales, zeros, group_size, bias, rounds_weight
     return (out + bias.double() if bias is not None else out).to(x.dtype)
 
 
+# The hfma path (one row) multiplies and sums in fp16: each word's eight products and each tile's addition to its
+# accumulator round to fp16 (2^-11 of the partial sum), which leaves up to about four fp16 ulps at the output's
+# magnitude (~2e-3 measured at K = 4096, 8 tiles a split). For a bf16 output that is half an ulp, within one.
+HFMA_FP16_TOLERANCE = (4e-3, 4e-3)
+
+
+def _assert_plan_matches(assert_matches, plan, out, expected) -> None:
+    if plan.path == "hfma" and out.dtype == torch.float16:
+        torch.testing.assert_close(out.cpu(), expected.cpu(), atol=HFMA_FP16_TOLERANCE[0], rtol=HFMA_FP16_TOLERANCE[1])
+    else:
+        assert_matches(out, expected)
+
+
 def _rounds_weights(plan) -> bool:
     """Whether a (fitted) plan rounds each dequantized weight to x's dtype: dequantize + cuBLAS, and dot tiles
     with BLOCK_M >= BLOCK_K (gemv._gemv_dot_kernel scales those weights, not the tiles' sums)."""
@@ -60,6 +73,9 @@ SMALL_PLANS = {  # small tiles so the interpreter runs fast; every path and vari
     "dot_split3": dict(path="dot", block_n=16, block_k=32, split_k=3),
     "dot_gemm": dict(path="dot", block_n=16, block_k=32, block_m=32),  # more rows a tile than K: rounds weights
     "dequantize_cublas": dict(path="cublas", block_n=0, block_k=0),
+    "hfma": dict(path="hfma", block_n=16, block_k=64, num_warps=1),
+    "hfma_split3_prefetch": dict(path="hfma", block_n=8, block_k=32, split_k=3, num_stages=2),
+    "hfma_subtiles": dict(path="hfma", block_n=8, block_k=512, num_warps=1),  # tiles of 2 to 8 groups, past K
 }
 GROUPS = {  # group size -> (K, zero points, x dtype): K = 200 ends in a short group and a partial K tile
     "g64_k200_zeros_bf16": (64, 200, True, torch.bfloat16),
@@ -75,13 +91,13 @@ GROUPS = {  # group size -> (K, zero points, x dtype): K = 200 ends in a short g
 def test_int4_gemv_interpreted(interpreted, assert_matches, plan, groups, m):
     int4_gemv = interpreted("int4_gemv")
     plan = int4_gemv.fit(int4_gemv.Plan(**SMALL_PLANS[plan]), GROUPS[groups][0])
-    if plan.path == "fma" and m > 4:
-        pytest.skip("the fma path takes at most 4 rows")
+    if (plan.path == "fma" and m > 4) or (plan.path == "hfma" and m > 1):
+        pytest.skip(f"the {plan.path} path takes at most {4 if plan.path == 'fma' else 1} rows")
     group_size, k, zero_point, dtype = GROUPS[groups]
     args = _operands(m, 40, k, group_size, zero_point, dtype, "cpu", bias=m == 3)  # N = 40: a partial N tile
     assert int4_gemv.supports(*args)
     out = int4_gemv.int4_linear(*args, plan=plan)
-    assert_matches(out, _float64_reference(*args, rounds_weights=_rounds_weights(plan)))
+    _assert_plan_matches(assert_matches, plan, out, _float64_reference(*args, rounds_weights=_rounds_weights(plan)))
 
 
 def test_int4_linear_interpreted_strided_rows_leading_dims_and_default_plans(interpreted, assert_matches):
@@ -121,10 +137,65 @@ def test_int4_supports_and_plan_fitting(interpreted):
     assert int4_gemv.fit(int4_gemv.Plan("dot", 64, 128), 576).block_k == 64  # 576 = 64 * 9
     for rows in (1, 3, 16, 17, 200, 4000):
         plans = int4_gemv.candidates(rows, 32)
-        assert all(p.path == "cublas" or 32 % p.block_k == 0 for p in plans) and len(set(plans)) == len(plans)
+        # a tile (an hfma sub-tile) lies in one group
+        fitted = [p.block_k % 32 == 0 if p.path == "hfma" else p.path == "cublas" or 32 % p.block_k == 0 for p in plans]
+        assert all(fitted) and len(set(plans)) == len(plans)
+    hfma = int4_gemv.hfma_plan(16, block_k=512)
+    assert int4_gemv.fit(hfma, 64) == hfma  # sub-tiles of 64 in one tile
+    with pytest.raises(ValueError, match="the hfma path takes one row"):
+        int4_gemv.int4_linear(x, packed, scales, zeros, group_size, plan=hfma)
     with pytest.raises(ValueError, match="BLOCK_K must divide 64"):
         int4_gemv.gemv._launch(x, packed.view(torch.int32), None, x.new_empty(2, 16), int4_gemv.Plan("dot", 16, 128),
                                int4_gemv.Int4Weights(scales, zeros, 64))  # fmt: skip
+
+
+# The hfma path's inline PTX cannot run in Triton's interpreter (it runs the same steps in Triton's ops): compile
+# the kernel for sm_90 with Triton's own ptxas, for each x dtype and mask, and read what it became.
+_COMPILE_HFMA = r"""
+import json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from trtllm_compile.kernels import int4_gemv
+
+kernel = int4_gemv._int4_hfma_kernel
+types = ["*i32", "*i32", "*bf16", "*bf16", "*fp32"] + ["i32"] * 4 + ["*bf16", "*bf16", "i32"]
+aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 7, 8, 9, 10, 11)}
+counts = {}
+variants = [(True, True, True, True), (False, False, True, False), (True, False, False, True)]
+for x_bf16, even_k, sub_even_k, prefetch in variants:
+    constexprs = dict(HAS_BIAS=True, SPLIT=True, EVEN_K=even_k, SUB_EVEN_K=sub_even_k, PREFETCH=prefetch, BLOCK_N=16,
+                      BLOCK_K=256, SUB_K=128, HAS_ZEROS=True, GROUP_SIZE=128, X_BF16=x_bf16, ASM=True, PDL=True)
+    signature = dict(zip(kernel.arg_names, types + ["constexpr"] * len(constexprs)))
+    index = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=index, attrs=aligned)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, launch_pdl=True)).asm["ptx"]
+    # 0f3D800000 / 0x2C002C00: HFMA_X_SCALE as the bf16 (fp32) and fp16 (fp16x2) x conversions write it
+    ops = ("lop3.b32", "fma.rn.f16x2", "ld.global.nc.b16", "0f3D800000", "0x2C002C00", "st.local")
+    counts[f"bf16={x_bf16} even={even_k}"] = {op: ptx.count(op) for op in ops}
+print(json.dumps(counts))
+"""
+
+
+def test_hfma_kernel_compiles_its_inline_ptx_for_sm90():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE_HFMA], capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+        pytest.skip(f"Triton's ptxas is missing here: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for variant, count in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        # a tile of 16 rows x 32 words in one warp: 16 words a thread, 4 LOP3 and 9 fp16x2 FMAs each (the PTX
+        # may repeat the inline asm per loop copy, never drop it); scales and zero points by `_load_nc`
+        assert count["lop3.b32"] >= 64 and count["fma.rn.f16x2"] >= 16 * 8, (variant, count)
+        assert count["ld.global.nc.b16"] >= 2, (variant, count)
+        assert count["st.local"] == 0, (variant, count)  # no register spills
+        bf16 = variant.startswith("bf16=True")  # bf16 x is scaled in fp32, fp16 x in pairs
+        assert (count["0f3D800000"] > 0, count["0x2C002C00"] > 0) == (bf16, not bf16), (variant, count)
 
 
 # ---------------------------------------------------------------- GPU: Llama-2-7B shapes
@@ -157,7 +228,8 @@ def test_every_int4_candidate_plan_gpu(int4_gpu, assert_matches, m):
     args = _operands(m, n, k, 64, True, torch.float16, "cuda", bias=True)
     expected = {rounds: _float64_reference(*args, rounds_weights=rounds) for rounds in (False, True)}
     for plan in int4_gpu.candidates(m, 64):
-        assert_matches(int4_gpu.int4_linear(*args, plan=plan), expected[_rounds_weights(plan)])
+        out = int4_gpu.int4_linear(*args, plan=plan)
+        _assert_plan_matches(assert_matches, plan, out, expected[_rounds_weights(plan)])
 
 
 @pytest.mark.gpu

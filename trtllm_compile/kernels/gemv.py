@@ -133,7 +133,7 @@ def _first_w_tile_ptrs(
 ):  # fmt: skip
     """Pointers to this program's W tile at K offset k_lo ([BLOCK_N, W_COLS] values as stored). With PDL
     (kernels/pdl.py), first ask L2 for those tiles (cut at k_hi) while the previous kernel ends, then wait for it."""
-    col_lo = k_lo // (BLOCK_K // W_COLS)
+    col_lo = tl.multiple_of(k_lo // (BLOCK_K // W_COLS), W_COLS)  # k_lo: whole tiles, so 16-byte loads
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
     if PDL:
         W_BYTES: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
@@ -394,7 +394,7 @@ class Plan:
     """How one skinny GEMM runs: inner-product path, tile, K splits, warps, pipeline stages, and (dot path) the
     x rows a program takes."""
 
-    path: str  # "fma" | "dot" | "cublas"
+    path: str  # "fma" | "dot" | "cublas" | "hfma" (INT4, one row: kernels/int4_gemv.py)
     block_n: int
     block_k: int
     split_k: int = 1
@@ -587,9 +587,8 @@ def _launch(
         return
     if plan.path == "fma" and m > 4:
         raise ValueError(f"the fma path takes at most 4 rows, got {m}: use a dot plan (CANDIDATES[{row_bucket(m)}])")
-    k_per_split = triton.cdiv(triton.cdiv(k, plan.split_k), plan.block_k) * plan.block_k
-    splits = triton.cdiv(k, k_per_split)  # a split past K would only add zeros
-    ws = torch.empty((splits, m, n), dtype=torch.float32, device=x2.device) if splits > 1 else y2
+    k_per_split, splits = split_k(k, plan)
+    ws = split_k_workspace(y2, splits)
     b = bias if bias is not None else y2
     programs = triton.cdiv(n, plan.block_n)
     fp8, int4 = isinstance(quant, Fp8Scales), isinstance(quant, Int4Weights)
@@ -614,17 +613,36 @@ def _launch(
         meta.update(w_scale_ptr=quant.scales, stride_w_scale=quant.scales.stride(0), GROUP_SIZE=quant.group_size)
         if quant.zeros is not None:
             meta.update(w_zero_ptr=quant.zeros, HAS_ZEROS=True)
-    launch_args = pdl.launch_args(x2.device)
     _KERNELS[plan.path][(programs, splits)](
         x2, weight, b, y2, ws, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
-        BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps, **meta, **launch_args,
+        BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps, **meta, **pdl.launch_args(x2.device),
     )  # fmt: skip
     if splits > 1:
-        block = 1024
-        _split_k_reduce_kernel[(triton.cdiv(m * n, block),)](
-            ws, b, y2, m * n, n, splits, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4, **launch_args
-        )
+        reduce_splits(ws, bias, y2)
+
+
+def split_k(k: int, plan: Plan, max_tiles: int | None = None) -> tuple[int, int]:
+    """(K per split, splits) of a plan: `plan.split_k` slices of whole BLOCK_K tiles, none past K (it would only add
+    zeros); with `max_tiles`, more slices where one would take more tiles than that."""
+    tiles = triton.cdiv(k, plan.block_k)
+    wanted = plan.split_k if max_tiles is None else max(plan.split_k, triton.cdiv(tiles, max_tiles))
+    k_per_split = triton.cdiv(tiles, wanted) * plan.block_k
+    return k_per_split, triton.cdiv(k, k_per_split)
+
+
+def split_k_workspace(y2: Tensor, splits: int) -> Tensor:
+    """The fp32 partials [splits, M, N] the programs of a split-K GEMV write (y2 itself, unused, without splits)."""
+    return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device) if splits > 1 else y2
+
+
+def reduce_splits(ws: Tensor, bias: Tensor | None, y2: Tensor) -> None:
+    """y2 = sum of the split-K partials ws [splits, M, N] (in split order) + bias, cast to y2's dtype."""
+    (splits, m, n), block = ws.shape, 1024
+    _split_k_reduce_kernel[(triton.cdiv(m * n, block),)](
+        ws, bias if bias is not None else y2, y2, m * n, n, splits, HAS_BIAS=bias is not None, BLOCK=block,
+        num_warps=4, **pdl.launch_args(y2.device),
+    )  # fmt: skip
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:
