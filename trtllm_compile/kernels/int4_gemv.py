@@ -327,7 +327,7 @@ def _hfma_words(acc, w, xa, xb, xc, xd, s2, low_addend, high_addend, ASM: tl.con
     1024 (0x6400): the fp16 values 1024 + code (low nibbles) and 1024 + 16 * code (high nibbles), with no
     int -> float conversion. One FMA each makes (code - zero) / 64, exactly; four more sum the products with the
     x pairs of `_x_pairs` (codes 0, 1, 4, 5 in the low halves, 2, 3, 6, 7 in the high ones) and one adds them,
-    scaled, to the accumulator: 16 instructions per eight weights."""
+    scaled, to the accumulator: 15 instructions per eight weights."""
     if ASM:
         acc = tl.inline_asm_elementwise(
             """{
