@@ -15,8 +15,8 @@ from trtllm_compile import backend as backend_module
 from trtllm_compile.backend import make_backend
 from trtllm_compile.quantization import FORMATS, QuantConfig, calibrate, quantize
 
-# The pass and quantize() share the numerics (same scales, same rounding); they differ only where the 1/s of
-# down_proj goes (a multiply in the graph, up_proj's rows in the module), which float32 rounds differently.
+# The pass and quantize() share the numerics (same scales, same folds, same rounding); float32 rounds a few steps
+# in another order (up_proj's rows divided by down_proj's 1/s after or before its columns are scaled).
 PATHS_RTOL = 1e-5
 # INT8 SmoothQuant rounds activations per token: a one-ulp difference before the rounding can move an int8 code a
 # step. Gemma (the 1 + w norm fold) measured 1.0e-3 apart on an AMD EPYC CPU (under 1e-5 on the CPU of earlier
@@ -69,6 +69,12 @@ def test_every_gemm_but_the_lm_head_is_quantized_as_quantize_does(graphs, arch, 
     assert sum(counts[op] for op in QUANT_OPS) == 4 * LAYERS
     assert counts["aten.linear.default"] == 1
     assert counts["trtllm.fp8_qdq.default"] == 2 * LAYERS  # K and V of every layer
+
+    # AWQ / SmoothQuant's 1/s: into the norms (Q/K/V, gate/up) and up_proj's rows (down_proj), multiplied only for
+    # o_proj (its input comes from attention)
+    multiplies = [n for n in graphs[-1].graph.nodes if n.target == torch.ops.aten.mul.Tensor]
+    smoothed = [n for n in multiplies if "quant_input_multiplier" in str(n.args[1])]
+    assert len(smoothed) == (LAYERS if fmt in ("int8_sq", "int4_awq") else 0)
 
     with torch.no_grad():
         expected = quantize(copy.deepcopy(model), qconfig, calibration=calibration)(windows[:1]).logits

@@ -8,8 +8,9 @@ it (Dynamo's mangled parameter names are demangled first). A weight that fuse_ge
 gate/up) is quantized as one: its parts share one input, so they share the input statistics and one smoothing
 or AWQ scale searched over the concatenated weight, and per-tensor FP8 weight scales are kept per part (one
 scale per row, repeated within each part). Linears reading one input are smoothed together even when unfused.
-The smoothing 1/s goes into the producing norm's weight when every reader of the norm is in the group, else
-into an explicit multiply. Linears that `QuantConfig.exclude` names (the LM head by default) stay as they are.
+The smoothing 1/s goes into the producing norm's weight when every reader of the norm is in the group, or into
+the up rows of the gated MLP that produces a down_proj's input (as quantize() folds it), else into an explicit
+multiply (o_proj's input). Linears that `QuantConfig.exclude` names (the LM head by default) stay as they are.
 """
 
 from __future__ import annotations
@@ -121,9 +122,34 @@ def _fold_into_norm(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
     return True
 
 
+def _fold_into_up_rows(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
+    """act(gate) * up / s (`x`, a gated trtllm.mlp_activation) by dividing the rows of the GEMM that makes `up`
+    (its slice of a fused gate/up GEMM, or a GEMM of its own) by s, as quantize() divides up_proj's rows."""
+    if not is_op(x, trtllm.mlp_activation.default) or x.args[1] is None:
+        return False
+    up, rows = x.args[1], slice(None)
+    if is_op(up, aten.slice.Tensor) and up.args[1] in (-1, val(up).dim() - 1):
+        up, rows = up.args[0], slice(up.args[2], up.args[3])
+    if not is_op(up, aten.linear.default) or set(x.args[1].users) != {x} or len(up.args[1].users) != 1:
+        return False
+    weight = constant_of(gm, up.args[1])
+    bias_node = up.args[2] if len(up.args) > 2 else None
+    bias = constant_of(gm, bias_node)
+    if weight is None or weight[rows].shape[0] != scale.numel() or (bias_node is not None and bias is None):
+        return False
+    for index, tensor in ((1, weight), (2, bias)):
+        if tensor is not None:
+            folded = tensor.detach().clone()
+            scale_rows = scale.to(tensor.dtype)
+            folded[rows] = tensor[rows] / (scale_rows[:, None] if tensor.dim() == 2 else scale_rows)
+            up.update_arg(index, insert_constant(gm, folded, f"{up.args[index].target}_smoothed"))
+    return True
+
+
 def _scaled_input(gm, x: torch.fx.Node, readers: list[torch.fx.Node], scale: torch.Tensor) -> torch.fx.Node:
-    """x / s for the group's readers: folded into the norm producing x if only they read it, else multiplied."""
-    if set(x.users) == set(readers) and _fold_into_norm(gm, x, scale):
+    """x / s for the group's readers: folded into the norm producing x, or into the up rows of the gated MLP
+    producing it, if only they read it; else multiplied."""
+    if set(x.users) == set(readers) and (_fold_into_norm(gm, x, scale) or _fold_into_up_rows(gm, x, scale)):
         return x
     multiplier = insert_constant(gm, (1.0 / scale).to(val(x).dtype), "quant_input_multiplier")
     with gm.graph.inserting_after(x):
@@ -134,7 +160,8 @@ def _scaled_input(gm, x: torch.fx.Node, readers: list[torch.fx.Node], scale: tor
 
 def _replace(gm, linear: torch.fx.Node, x: torch.fx.Node, weight: torch.Tensor, config, amax: float, parts) -> None:
     bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
-    splits = row_splits(linear) if len(parts) > 1 or linear.args[1].target.endswith("_fused") else None
+    fused = len(parts) > 1 or linear.args[1].target.removesuffix("_smoothed").endswith("_fused")
+    splits = row_splits(linear) if fused else None
     quantized = quantize_weight(config, weight, amax, row_splits=splits)
     name = linear.args[1].target
     tensors = [
@@ -178,16 +205,23 @@ def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
             logger.debug("%s: weight %s has no calibrated module; left unquantized", node.name, node.args[1].target)
         elif all(qconfig.quantizes(part) for part in parts):
             readers[(node.args[0], calibration.group_key(parts[0]))].append((node, parts))
+    scales = {}
     for (x, key), group in readers.items():
-        stats = calibration.inputs[key]
         weights = [constant_of(gm, node.args[1]).detach().float() for node, _ in group]
-        scale = input_scale_for(qconfig, torch.cat(weights), stats)
+        scales[x, key] = input_scale_for(qconfig, torch.cat(weights), calibration.inputs[key])
+    # Every group's 1/s goes in before any weight is rounded: a later group's may go into an earlier one's rows
+    inputs = {
+        (x, key): x if scale is None else _scaled_input(gm, x, [node for node, _ in readers[x, key]], scale)
+        for (x, key), scale in scales.items()
+    }
+    for (x, key), group in readers.items():
+        stats, scale = calibration.inputs[key], scales[x, key]
+        weights = [constant_of(gm, node.args[1]).detach().float() for node, _ in group]
         amax = stats.amax
         if scale is not None:
             amax = (stats.channel_amax / scale).max().item()
-            x = _scaled_input(gm, x, [node for node, _ in group], scale)
             weights = [w * scale for w in weights]
         weights = [prepare_weight(qconfig, w, stats, scale) for w in weights]
         for (node, parts), weight in zip(group, weights, strict=True):
-            _replace(gm, node, x, weight, qconfig, amax, parts)
+            _replace(gm, node, inputs[x, key], weight, qconfig, amax, parts)
     return sum(len(group) for group in readers.values())
