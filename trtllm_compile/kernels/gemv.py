@@ -71,7 +71,8 @@ def _write(out, offs_m, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS: tl.
 @triton.jit
 def _load_k(ptrs, k_ok, MASKED: tl.constexpr, EVICT: tl.constexpr):
     """A W tile ([BLOCK_N, BLOCK_K] values, or INT4 words) or an x row ([BLOCK_K]) as stored, zeros where not
-    k_ok; EVICT is "evict_first" for what is streamed once, else ""."""
+    k_ok (a K mask, or for tiles of other ranks a mask that broadcasts to them); EVICT is "evict_first" for what
+    is streamed once, else ""."""
     if MASKED:
         if len(ptrs.shape) == 2:
             k_ok = k_ok[None, :]
@@ -128,19 +129,29 @@ def _w_values(w, zero, INT4: tl.constexpr):
 
 
 @triton.jit
-def _first_w_tile_ptrs(
+def _first_w_col_then_wait(
     w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K: tl.constexpr, W_COLS: tl.constexpr, PDL: tl.constexpr
 ):  # fmt: skip
-    """Pointers to this program's W tile at K offset k_lo ([BLOCK_N, W_COLS] values as stored). With PDL
-    (kernels/pdl.py), first ask L2 for those tiles (cut at k_hi) while the previous kernel ends, then wait for it."""
+    """The W column (in values as stored, W_COLS a tile row) where this program's K slice starts at k_lo. With PDL
+    (kernels/pdl.py), first ask L2 for its first tile of each row (cut at k_hi) while the previous kernel ends,
+    then wait for it."""
     col_lo = tl.multiple_of(k_lo // (BLOCK_K // W_COLS), W_COLS)  # k_lo: whole tiles, so 16-byte loads
-    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
     if PDL:
         W_BYTES: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
         cols_left = (k_hi - k_lo) // (BLOCK_K // W_COLS)
         prefetch_l2(w_ptr + rows_w * stride_wn + col_lo, cols_left * W_BYTES, W_COLS * W_BYTES)
     start_next_then_wait(PDL)
-    return w_ptrs
+    return col_lo
+
+
+@triton.jit
+def _first_w_tile_ptrs(
+    w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K: tl.constexpr, W_COLS: tl.constexpr, PDL: tl.constexpr
+):  # fmt: skip
+    """Pointers to this program's W tile at K offset k_lo ([BLOCK_N, W_COLS] values as stored), after
+    `_first_w_col_then_wait`."""
+    col_lo = _first_w_col_then_wait(w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K, W_COLS, PDL)
+    return w_ptr + rows_w[:, None] * stride_wn + (col_lo + tl.arange(0, W_COLS))[None, :]
 
 
 @triton.jit

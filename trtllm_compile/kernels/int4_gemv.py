@@ -57,7 +57,6 @@ from torch import Tensor
 
 from trtllm_compile.kernels import gemv, is_interpreted, pdl, tuning
 from trtllm_compile.kernels.gemv import CUBLAS, HALF_DTYPES, Int4Weights, Plan, dot_plan, fma_plan, int4_codes, w_tile
-from trtllm_compile.kernels.pdl import prefetch_l2, start_next_then_wait
 
 # Dequantize the weight to x's dtype in a Triton kernel, then cuBLAS (a plan of the INT4 candidates).
 DEQUANTIZE_CUBLAS = CUBLAS
@@ -383,15 +382,9 @@ def _hfma_tile(
         ok = (sub < (k_hi - k) // SUB_K)[:, None]
     else:
         ok = (sub[:, None] * SUB_WORDS + tl.arange(0, SUB_WORDS)[None, :]) < (k_hi - k) // 8
-    if MASKED:
-        w = tl.load(w_ptrs, mask=ok[None, :, :], other=0, eviction_policy="evict_first")
-    else:
-        w = tl.load(w_ptrs, eviction_policy="evict_first")
+    w = gemv._load_k(w_ptrs, ok[None, :, :], MASKED, "evict_first")
     x_ptrs = x_ptrs[:, :, None] + tl.arange(0, 4)[None, None, :]  # the four x words of each weight word
-    if MASKED:
-        x_words = tl.load(x_ptrs, mask=ok[:, :, None], other=0)
-    else:
-        x_words = tl.load(x_ptrs)
+    x_words = gemv._load_k(x_ptrs, ok[:, :, None], MASKED, "")
     # (x0, x2) and (x1, x3) of each four, then each alone
     even, odd = tl.split(tl.reshape(x_words, (x_words.shape[0], x_words.shape[1], 2, 2)))
     x0, x2 = tl.split(even)
@@ -426,13 +419,10 @@ def _int4_hfma_kernel(
     rows_w = tl.minimum(offs_n, N - 1).to(tl.int64)  # rows past N re-read row N - 1, never stored
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    word_lo = tl.multiple_of(k_lo // 8, BLOCK_K // 8)  # k_lo: whole tiles, so 16-byte loads
+    word_lo = gemv._first_w_col_then_wait(w_ptr, rows_w, stride_wn, k_lo, k_hi, BLOCK_K, BLOCK_K // 8, PDL)
     words = word_lo + tl.arange(0, SUBTILES)[:, None] * SUB_WORDS + tl.arange(0, SUB_WORDS)[None, :]
     w_ptrs = w_ptr + rows_w[:, None, None] * stride_wn + words[None, :, :]
     x_ptrs = x_ptr + words * 4  # the four x words of each weight word
-    if PDL:
-        prefetch_l2(w_ptr + rows_w * stride_wn + word_lo, (k_hi - k_lo) // 2, BLOCK_K // 2)
-    start_next_then_wait(PDL)
     acc = tl.zeros([BLOCK_N, SUBTILES, SUB_WORDS], dtype=tl.int32)  # fp16 zeros
     q = (rows_w, scale_ptr, zero_ptr, stride_scale)
     if PREFETCH:  # register double-buffering: the next tile's loads are in flight during this tile's math
