@@ -158,9 +158,10 @@ def _scaled_input(gm, x: torch.fx.Node, readers: list[torch.fx.Node], scale: tor
     return scaled
 
 
-def _replace(gm, linear: torch.fx.Node, x: torch.fx.Node, weight: torch.Tensor, config, amax: float, parts) -> None:
+def _replace(
+    gm, linear: torch.fx.Node, x: torch.fx.Node, weight: torch.Tensor, config, amax: float, parts, fused: bool
+) -> None:
     bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
-    fused = len(parts) > 1 or linear.args[1].target.removesuffix("_smoothed").endswith("_fused")
     splits = row_splits(linear) if fused else None
     quantized = quantize_weight(config, weight, amax, row_splits=splits)
     name = linear.args[1].target
@@ -205,6 +206,10 @@ def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
             logger.debug("%s: weight %s has no calibrated module; left unquantized", node.name, node.args[1].target)
         elif all(qconfig.quantizes(part) for part in parts):
             readers[(node.args[0], calibration.group_key(parts[0]))].append((node, parts))
+    # fuse_gemms' concatenations, read before a fold gives a weight a new constant
+    fused = {
+        node: len(parts) > 1 or node.args[1].target.endswith("_fused") for g in readers.values() for node, parts in g
+    }
     scales = {}
     for (x, key), group in readers.items():
         weights = [constant_of(gm, node.args[1]).detach().float() for node, _ in group]
@@ -223,5 +228,5 @@ def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
             weights = [w * scale for w in weights]
         weights = [prepare_weight(qconfig, w, stats, scale) for w in weights]
         for (node, parts), weight in zip(group, weights, strict=True):
-            _replace(gm, node, inputs[x, key], weight, qconfig, amax, parts)
+            _replace(gm, node, inputs[x, key], weight, qconfig, amax, parts, fused[node])
     return sum(len(group) for group in readers.values())
