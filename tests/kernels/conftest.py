@@ -7,7 +7,10 @@ and on a CUDA GPU at realistic sizes (tests marked `gpu`), also through `torch.o
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -94,3 +97,40 @@ def cuda_ops():
 
     assert register_cuda_kernels()
     return torch.ops.trtllm
+
+
+# What `sm90_ptx` runs before a test's script: `ptx(kernel, types, constexprs, num_warps, aligned)` compiles a
+# @triton.jit kernel for sm_90 (arguments typed by `types`, then the constexprs; `aligned`: indices of arguments
+# specialized as 16-byte divisible, as a launch with aligned tensors would) and returns its PTX.
+_SM90_PRELUDE = r"""
+import json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+def ptx(kernel, types, constexprs, num_warps=4, aligned=()):
+    signature = dict(zip(kernel.arg_names, types + ["constexpr"] * len(constexprs)))
+    index = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=index, attrs=attrs)
+    options = dict(num_warps=num_warps, launch_pdl=constexprs.get("PDL", False))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+"""
+
+
+@pytest.fixture
+def sm90_ptx():
+    """Run a script that compiles kernels for sm_90 with Triton's own ptxas (no GPU, no interpreter: a subprocess
+    without TRITON_INTERPRET) through the prelude's `ptx`, and return the JSON it prints last; skip where this
+    Triton ships no ptxas."""
+
+    def run(script: str):
+        pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+        env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+        command = [sys.executable, "-c", _SM90_PRELUDE + script]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
+            pytest.skip(f"Triton's ptxas is missing here: {done.stderr[-300:]}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return run

@@ -152,43 +152,25 @@ def test_int4_supports_and_plan_fitting(interpreted):
 # The hfma path's inline PTX cannot run in Triton's interpreter (it runs the same steps in Triton's ops): compile
 # the kernel for sm_90 with Triton's own ptxas, for each x dtype and mask, and read what it became.
 _COMPILE_HFMA = r"""
-import json, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from trtllm_compile.kernels import int4_gemv
 
 kernel = int4_gemv._int4_hfma_kernel
 types = ["*i32", "*i32", "*bf16", "*bf16", "*fp32"] + ["i32"] * 4 + ["*bf16", "*bf16", "i32"]
-aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 7, 8, 9, 10, 11)}
 counts = {}
 variants = [(True, True, True, True), (False, False, True, False), (True, False, False, True)]
 for x_bf16, even_k, sub_even_k, prefetch in variants:
     constexprs = dict(HAS_BIAS=True, SPLIT=True, EVEN_K=even_k, SUB_EVEN_K=sub_even_k, PREFETCH=prefetch, BLOCK_N=16,
                       BLOCK_K=256, SUB_K=128, HAS_ZEROS=True, GROUP_SIZE=128, X_BF16=x_bf16, ASM=True, PDL=True)
-    signature = dict(zip(kernel.arg_names, types + ["constexpr"] * len(constexprs)))
-    index = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
-    src = ASTSource(fn=kernel, signature=signature, constexprs=index, attrs=aligned)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, launch_pdl=True)).asm["ptx"]
+    text = ptx(kernel, types, constexprs, num_warps=1, aligned=(0, 1, 2, 3, 4, 7, 8, 9, 10, 11))
     # 0f3D800000 / 0x2C002C00: HFMA_X_SCALE as the bf16 (fp32) and fp16 (fp16x2) x conversions write it
     ops = ("lop3.b32", "fma.rn.f16x2", "ld.global.nc.b16", "0f3D800000", "0x2C002C00", "st.local")
-    counts[f"bf16={x_bf16} even={even_k}"] = {op: ptx.count(op) for op in ops}
+    counts[f"bf16={x_bf16} even={even_k}"] = {op: text.count(op) for op in ops}
 print(json.dumps(counts))
 """
 
 
-def test_hfma_kernel_compiles_its_inline_ptx_for_sm90():
-    import json
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE_HFMA], capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip(f"Triton's ptxas is missing here: {done.stderr[-300:]}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    for variant, count in json.loads(done.stdout.strip().splitlines()[-1]).items():
+def test_hfma_kernel_compiles_its_inline_ptx_for_sm90(sm90_ptx):
+    for variant, count in sm90_ptx(_COMPILE_HFMA).items():
         # a tile of 16 rows x 32 words in one warp: 16 words a thread, 4 LOP3 and 9 fp16x2 FMAs each (the PTX
         # may repeat the inline asm per loop copy, never drop it); scales and zero points by `_load_nc`
         assert count["lop3.b32"] >= 64 and count["fma.rn.f16x2"] >= 16 * 8, (variant, count)

@@ -7,11 +7,6 @@ compiled for an sm_90 target (Triton's own ptxas, no GPU needed) and their PTX i
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -19,17 +14,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 # Compiles two decode kernels for sm_90 with PDL on and off and prints how often each PDL instruction appears.
 _COMPILE = r"""
-import json, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from trtllm_compile.kernels import gemv, norm
-
-def ptx(kernel, types, constexprs):
-    sig = dict(zip(kernel.arg_names, types + ["constexpr"] * len(constexprs)))
-    index = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
-    src = ASTSource(fn=kernel, signature=sig, constexprs=index)
-    options = dict(num_warps=4, launch_pdl=constexprs["PDL"])
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
 
 OPS = ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2")
 counts = {}
@@ -63,13 +48,8 @@ def test_launch_args_turn_pdl_on_only_for_a_hopper_gpu_unless_turned_off(monkeyp
         pdl._enabled.cache_clear()
 
 
-def test_decode_kernels_compile_to_grid_dependency_control_for_sm90():
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip(f"Triton's ptxas is missing here: {done.stderr[-300:]}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    counts = json.loads(done.stdout.strip().splitlines()[-1])
+def test_decode_kernels_compile_to_grid_dependency_control_for_sm90(sm90_ptx):
+    counts = sm90_ptx(_COMPILE)
     for kernel in ("gemv", "norm"):
         on, off = counts[f"{kernel} pdl=True"], counts[f"{kernel} pdl=False"]
         assert on["griddepcontrol.wait"] >= 1 and on["griddepcontrol.launch_dependents"] >= 1, (kernel, on)
