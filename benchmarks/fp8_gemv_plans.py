@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from trtllm_compile.bench.shapes import layer_gemms
 from trtllm_compile.kernels import gemv, tuning
 
-SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
-
-
-def plan_us(name: tuple, run, plans) -> dict[str, float]:
-    """{plan: us} of `run(plan)` for each plan that runs on this GPU, as the tuner times and logs them."""
-    key = ("fp8_gemv_plans", *name, torch.device("cuda", torch.cuda.current_device()))
-    tuning._tune(key, run, plans)
-    return {plan: 1e3 * ms for plan, ms in tuning.tuning_log[key].items()}
+SHAPES = layer_gemms("llama-2-7b")
 
 
 def shape_times(n: int, k: int) -> dict[str, tuple[dict[str, float], int]]:
@@ -39,7 +33,11 @@ def shape_times(n: int, k: int) -> dict[str, tuple[dict[str, float], int]]:
         "fp8, x unquantized": (lambda plan: gemv._launch(x, w_fp8, None, y, plan), fma_plans, 1),
         "bf16": (lambda plan: gemv._launch(x, w_bf16, None, y, plan), gemv.CANDIDATES[1], 2),
     }
-    return {kind: (plan_us((kind, n, k), run, plans), size) for kind, (run, plans, size) in runs.items()}
+    device = torch.device("cuda", torch.cuda.current_device())
+    return {
+        kind: (tuning.plan_times_us(("fp8_gemv_plans", kind, n, k, device), run, plans), size)
+        for kind, (run, plans, size) in runs.items()
+    }
 
 
 def main() -> None:

@@ -23,16 +23,11 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from trtllm_compile.bench.measure import gpu_us
+from trtllm_compile.bench.shapes import layer_gemms
 from trtllm_compile.kernels import gemv, tuning
 
 L2_FLUSH_BYTES = 256 << 20
-SHAPES = {  # Llama-2-7B, bf16: name -> (N, K) of the weight
-    "qkv": (12288, 4096),
-    "o": (4096, 4096),
-    "gate_up": (22016, 4096),
-    "down": (4096, 11008),
-    "lm_head": (32000, 4096),
-}
+SHAPES = {**layer_gemms("llama-2-7b"), "lm_head": (32000, 4096)}  # Llama-2-7B, bf16: name -> (N, K) of the weight
 LAYER = ("qkv", "o", "gate_up", "down")
 KEYS = ("cublas_us", "ours_us")
 

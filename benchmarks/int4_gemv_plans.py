@@ -15,11 +15,12 @@ import math
 
 import torch
 
+from trtllm_compile.bench.shapes import layer_gemms
 from trtllm_compile.kernels import int4_gemv, tuning
 from trtllm_compile.ops.quant import int4_linear_reference, int4_linear_tinygemm, pack_int4
 from trtllm_compile.quantization.formats import int4_codes
 
-SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+SHAPES = layer_gemms("llama-2-7b")
 GROUP = 128
 TINYGEMM = "tinygemm"
 
@@ -43,8 +44,7 @@ def main() -> None:
         args = operands(n, k)
         plans = [*int4_gemv.candidates(1, GROUP), TINYGEMM]
         key = ("int4_gemv_plans", name, torch.device("cuda", torch.cuda.current_device()))
-        tuning._tune(key, lambda plan, args=args: run_plan(args, plan), plans)
-        times = {plan: 1e3 * ms for plan, ms in tuning.tuning_log[key].items()}
+        times = tuning.plan_times_us(key, lambda plan, args=args: run_plan(args, plan), plans)
         size = n * k // 2 + 2 * 2 * n * math.ceil(k / GROUP)  # codes, bf16 scales and zero points
         reference = int4_linear_reference(*args).float()
         print(f"\n{name} ({n} x {k}): | plan | us | TB/s | max abs error vs the reference |")

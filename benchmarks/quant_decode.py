@@ -24,11 +24,12 @@ import argparse
 import torch
 
 from trtllm_compile.bench.measure import cuda_graph_us
+from trtllm_compile.bench.shapes import layer_gemms
 from trtllm_compile.ops import quant
 from trtllm_compile.quantization import QuantConfig
 from trtllm_compile.quantization.formats import quantize_weight
 
-SHAPES = {"qkv": (4096, 12288), "o": (4096, 4096), "gate_up": (4096, 22016), "down": (11008, 4096)}
+SHAPES = {name: (k, n) for name, (n, k) in layer_gemms("llama-2-7b").items()}  # name -> (K, N)
 DECODE_LAYERS = 32  # Llama-2-7B
 FORMATS = {
     "bf16": None,

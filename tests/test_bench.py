@@ -91,3 +91,26 @@ def test_an_unknown_peer_is_named_with_the_choices():
 
     with pytest.raises(ValueError, match="unknown peer 'vllm'; choose from eager, inductor"):
         measure_peer("vllm", model=None, prompts=None, output_len=1)
+
+
+@pytest.mark.parametrize("shape", ["llama-2-7b", "llama-3-8b"])
+def test_layer_gemms_are_the_fused_gemms_of_the_shapes_layer(shape):
+    """The GEMV benchmarks' shapes, against the weights of a layer of that model (built on the meta device)."""
+    import torch
+    import transformers
+
+    from trtllm_compile.bench.shapes import SHAPES, layer_gemms
+
+    config_class, fields = SHAPES[shape]
+    with torch.device("meta"):
+        layer = transformers.LlamaForCausalLM(getattr(transformers, config_class)(**{**fields, "num_hidden_layers": 1}))
+    attention, mlp = layer.model.layers[0].self_attn, layer.model.layers[0].mlp
+    fused = lambda *linears: (sum(m.out_features for m in linears), linears[0].in_features)  # noqa: E731
+    assert layer_gemms(shape) == {
+        "qkv": fused(attention.q_proj, attention.k_proj, attention.v_proj),
+        "o": fused(attention.o_proj),
+        "gate_up": fused(mlp.gate_proj, mlp.up_proj),
+        "down": fused(mlp.down_proj),
+    }
+    with pytest.raises(ValueError, match="not a Llama-style shape"):
+        layer_gemms("gptj-6b")

@@ -50,6 +50,22 @@ SHAPES: dict[str, tuple[str, dict]] = {
 }
 
 
+def layer_gemms(shape: str) -> dict[str, tuple[int, int]]:
+    """The (N, K) weights of one decoder layer's GEMMs of a Llama-style `shape` as the compiled step runs them:
+    fused Q/K/V, o_proj, fused gate/up, down_proj."""
+    config_class, fields = SHAPES[shape]
+    if config_class != "LlamaConfig":
+        raise ValueError(f"{shape} is not a Llama-style shape; choose one of those with LlamaConfig in SHAPES")
+    hidden, inter = fields["hidden_size"], fields["intermediate_size"]
+    kv = fields["num_key_value_heads"] * hidden // fields["num_attention_heads"]
+    return {
+        "qkv": (hidden + 2 * kv, hidden),
+        "o": (hidden, hidden),
+        "gate_up": (2 * inter, hidden),
+        "down": (hidden, inter),
+    }
+
+
 def random_model(shape: str, dtype: torch.dtype, device: str | torch.device, num_layers: int | None = None):
     """A model of `shape` with random weights (std 0.02) made on `device`; `num_layers` cuts it shorter."""
     if shape not in SHAPES:

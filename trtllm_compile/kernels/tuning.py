@@ -80,6 +80,13 @@ def _tune(key: tuple, run: Callable[[P], object], candidates: Sequence[P]) -> P:
     return best
 
 
+def plan_times_us(key: tuple, run: Callable[[P], object], candidates: Sequence[P]) -> dict[str, float]:
+    """{plan: us} of each of `candidates` that runs, timed as `cached_plan` times them (for benchmarks; `key`'s
+    last item is the device). Nothing is cached for later calls."""
+    _tune(key, run, candidates)
+    return {plan: 1e3 * ms for plan, ms in tuning_log[key].items()}
+
+
 def cached_plan(key: tuple, candidates: Sequence[P], run: Callable[[P], object]) -> P:
     """The plan cached for `key` (a tuple ending with the device). The first call times `candidates` (`run(plan)`
     launches one) unless tuning is off (TRTLLM_TRITON_AUTOTUNE=0, `kernels.fixed_plans()`, a device other than
