@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import trtllm_compile.ops.quant  # noqa: F401  (registers torch.ops.trtllm.fp8_linear)
+from trtllm_compile.bench.shapes import layer_gemms
 from trtllm_compile.ops.quant import FP8_MAX, fp8_linear_reference, fp8_quantize
 
 X_SCALE = 2.0**-3  # a power of two: x = code * X_SCALE is exact in bf16 and x / X_SCALE is the code again
-LLAMA_2_7B = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+LLAMA_2_7B = layer_gemms("llama-2-7b")
 
 
 def _operands(m: int, n: int, k: int, per_channel: bool, device: str, exact_x: bool, bias: bool = False):

@@ -19,10 +19,11 @@ import math
 import pytest
 import torch
 
+from trtllm_compile.bench.shapes import layer_gemms
 from trtllm_compile.ops.quant import dequantize_int4, pack_int4
 from trtllm_compile.quantization.formats import int4_codes
 
-LLAMA_2_7B = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+LLAMA_2_7B = layer_gemms("llama-2-7b")
 
 
 def _operands(m: int, n: int, k: int, group_size: int, zero_point: bool, dtype, device, bias: bool = False):

@@ -17,15 +17,10 @@ import torch
 import torch.nn.functional as F
 
 import trtllm_compile.ops.linear  # noqa: F401  (registers torch.ops.trtllm.linear)
+from trtllm_compile.bench.shapes import layer_gemms
 
 GEMM_VS_CUBLAS = {torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 1.6e-2)}  # (atol, rtol): two ulps
-LLAMA_2_7B = {  # name: (N, K) of the weight, after fuse_gemms (Q/K/V and gate/up concatenated)
-    "qkv": (12288, 4096),
-    "o": (4096, 4096),
-    "gate_up": (22016, 4096),
-    "down": (4096, 11008),
-    "lm_head": (32000, 4096),
-}
+LLAMA_2_7B = {**layer_gemms("llama-2-7b"), "lm_head": (32000, 4096)}  # name: (N, K) of the weight, after fuse_gemms
 ROWS = [1, 2, 4, 8, 16]
 
 
