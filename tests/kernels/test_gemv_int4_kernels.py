@@ -156,13 +156,13 @@ _COMPILE_HFMA = r"""
 from trtllm_compile.kernels import int4_gemv
 
 kernel = int4_gemv._int4_hfma_kernel
-types = ["*i32", "*i32", "*bf16", "*bf16", "*fp32"] + ["i32"] * 4 + ["*bf16", "*bf16", "i32"]
+types = ["*i32", "*i32", "*bf16", "*bf16", "*fp32", "*i32"] + ["i32"] * 4 + ["*bf16", "*bf16", "i32"]
 counts = {}
 variants = [(True, True, True, True), (False, False, True, False), (True, False, False, True)]
 for x_bf16, even_k, sub_even_k, prefetch in variants:
     constexprs = dict(HAS_BIAS=True, SPLIT=True, EVEN_K=even_k, SUB_EVEN_K=sub_even_k, PREFETCH=prefetch, BLOCK_N=16,
                       BLOCK_K=256, SUB_K=128, HAS_ZEROS=True, GROUP_SIZE=128, X_BF16=x_bf16, ASM=True, PDL=True)
-    text = ptx(kernel, types, constexprs, num_warps=1, aligned=(0, 1, 2, 3, 4, 7, 8, 9, 10, 11))
+    text = ptx(kernel, types, constexprs, num_warps=1, aligned=(0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12))
     # 0f3D800000 / 0x2C002C00: HFMA_X_SCALE as the bf16 (fp32) and fp16 (fp16x2) x conversions write it
     ops = ("lop3.b32", "fma.rn.f16x2", "ld.global.nc.b16", "0f3D800000", "0x2C002C00", "st.local")
     counts[f"bf16={x_bf16} even={even_k}"] = {op: text.count(op) for op in ops}

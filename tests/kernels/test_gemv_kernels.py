@@ -84,6 +84,21 @@ def test_gemv_interpreted_fp32_sums(interpreted, plan):
     torch.testing.assert_close(out, F.linear(x.float(), weight.float()), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("plan", ["fma_split3_prefetch", "dot_split2"])
+def test_split_k_interpreted_last_split_sums_and_rearms_its_counts(interpreted, assert_matches, plan):
+    """Split-K without a second kernel: the last split of each output tile sums the partials, then sets the tile's
+    count back to zero, so the next launch (here the same GEMV again) finds the counts as the first did."""
+    gemv = interpreted("gemv")
+    x, weight, bias = _inputs(3, 40, 256, torch.bfloat16, "cpu", bias=True)
+    plan = gemv.Plan(**SMALL_PLANS[plan])
+    first = gemv.gemv(x, weight, bias, plan=plan)
+    assert_matches(first, _fp32_reference(x, weight, bias))
+    assert not gemv.split_counts(x.device, 1).any()
+    assert torch.equal(gemv.gemv(x, weight, bias, plan=plan), first)
+    with pytest.raises(ValueError, match="larger BLOCK_N"):
+        gemv.split_counts(x.device, gemv.SPLIT_COUNTS + 1)
+
+
 def test_linear_interpreted_falls_back_to_f_linear(interpreted):
     gemv = interpreted("gemv")
     x, weight, _ = _inputs(17, 8, 32, torch.bfloat16, "cpu")
@@ -192,6 +207,20 @@ def test_every_candidate_plan_gpu(gemv_gpu, assert_matches, m):
             torch.testing.assert_close(out, F.linear(x, weight), atol=atol, rtol=rtol)
         else:
             assert_matches(out, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["fma", "dot"])
+def test_split_k_gpu_is_deterministic_across_launches(gemv_gpu, path):
+    """Which split finishes last varies from launch to launch; the result may not (partials summed in split
+    order), and every launch must find the counts re-armed: 200 launches back to back, each equal to the first."""
+    n, k = LLAMA_2_7B["down"]
+    x, weight, _ = _inputs(2, n, k, torch.bfloat16, "cuda")
+    plan = gemv_gpu.fma_plan(4, 1024, split_k=8, num_stages=2) if path == "fma" else gemv_gpu.dot_plan(64, 128, 8)
+    first = gemv_gpu.gemv(x, weight, plan=plan)
+    outs = [gemv_gpu.gemv(x, weight, plan=plan) for _ in range(200)]
+    assert all(torch.equal(out, first) for out in outs)
+    assert not gemv_gpu.split_counts(x.device, 1).any()
 
 
 @pytest.mark.gpu

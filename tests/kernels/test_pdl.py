@@ -21,7 +21,7 @@ counts = {}
 for on in (True, False):
     fp8_gemv = ptx(
         gemv._gemv_fma_kernel,
-        ["*bf16", "*fp8e4nv", "*bf16", "*bf16", "*fp32"] + ["i32"] * 6 + ["*fp32", "*fp32", "i32", "*bf16"],
+        ["*bf16", "*fp8e4nv", "*bf16", "*bf16", "*fp32", "*i32"] + ["i32"] * 6 + ["*fp32", "*fp32", "i32", "*bf16"],
         dict(HAS_BIAS=False, SPLIT=False, EVEN_K=True, PREFETCH=True, BLOCK_M=1, BLOCK_N=16, BLOCK_K=1024,
              FP8_X=True, INT4=False, HAS_ZEROS=False, GROUP_SIZE=1, PDL=on, F16_MAC=True),
     )

@@ -20,16 +20,17 @@ INT4 weight-only weights (`Int4Weights`, used by kernels/int4_gemv.py): the W ti
 eight 4-bit codes and dequantized in registers (`int4_codes`); the dot path also takes more than 16 rows
 (`Plan.block_m`), a GEMM that dequantizes each W tile into the tensor cores.
 
-With split-K the programs write fp32 partials and a second kernel sums them (in a fixed order, so results are
-deterministic), adds the bias and casts. A plan (path, tile, split, warps, stages) is timed per
-(M bucket, N, K, dtype) on first use (kernels/tuning.py), with cuBLAS as one more candidate so a shape where it
-streams faster keeps it. Nothing here syncs the host once a plan is cached, so calls are CUDA-graph capturable.
-On Hopper the kernels launch with PDL (kernels/pdl.py): each program asks L2 for its first W tile while the
-kernel before it ends.
+With split-K the programs write fp32 partials and the last of an output tile's splits to finish sums them (in
+split order, so results are deterministic), adds the bias and casts: no second kernel. A plan (path, tile,
+split, warps, stages) is timed per (M bucket, N, K, dtype) on first use (kernels/tuning.py), with cuBLAS as one
+more candidate so a shape where it streams faster keeps it. Nothing here syncs the host once a plan is cached,
+so calls are CUDA-graph capturable. On Hopper the kernels launch with PDL (kernels/pdl.py): each program asks
+L2 for its first W tile while the kernel before it ends.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,16 +57,40 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _write(out, offs_m, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
-    """Store the fp32 [BLOCK_M, BLOCK_N] result: a split-K partial, or bias + cast into y [M, N]."""
+def _store_y(out, offs_m, offs_n, M, N, b_ptr, y_ptr, HAS_BIAS: tl.constexpr):
+    """y [M, N] = the fp32 [BLOCK_M, BLOCK_N] sums + bias, cast to y's dtype."""
+    if HAS_BIAS:
+        out += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
-    idx = offs_m[:, None] * N + offs_n[None, :]
+    tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _write(out, offs_m, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """Store the fp32 [BLOCK_M, BLOCK_N] result: with SPLIT this program's split-K partial (`_reduce_if_last`
+    sums them), else into y (`_store_y`)."""
     if SPLIT:
-        tl.store(ws_ptr + pid_k * M * N + idx, out, mask=mask)
+        mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        tl.store(ws_ptr + tl.program_id(1) * M * N + offs_m[:, None] * N + offs_n[None, :], out, mask=mask)
     else:
-        if HAS_BIAS:
-            out += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + idx, out.to(y_ptr.dtype.element_ty), mask=mask)
+        _store_y(out, offs_m, offs_n, M, N, b_ptr, y_ptr, HAS_BIAS)
+
+
+@triton.jit
+def _reduce_if_last(offs_m, offs_n, M, N, b_ptr, y_ptr, ws_ptr, counts_ptr, HAS_BIAS: tl.constexpr):
+    """Once this program's partials are stored (`_write`): the last of the output tile's K splits to get here sums
+    the tile's partials in split order (so the result does not depend on which finished last) into y, and
+    re-arms the tile's count (`split_counts`) for the next launch. This saves a second kernel per GEMV."""
+    tl.debug_barrier()  # every thread's partial is stored before the count is taken (released with it)
+    arrived = tl.atomic_add(counts_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+    if arrived == tl.num_programs(1) - 1:  # the other splits' partials are visible (acquired)
+        mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        partials = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        out = tl.zeros([offs_m.shape[0], offs_n.shape[0]], dtype=tl.float32)
+        for s in range(tl.num_programs(1)):  # from L2: another SM wrote them
+            out += tl.load(partials + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+        _store_y(out, offs_m, offs_n, M, N, b_ptr, y_ptr, HAS_BIAS)
+        tl.atomic_xchg(counts_ptr + tl.program_id(0), 0)
 
 
 @triton.jit
@@ -222,7 +247,7 @@ def _scaled_sum(acc, x_scale, w_scale, SCALED: tl.constexpr):
 
 @triton.jit
 def _gemv_fma_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, counts_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
     x_scale_ptr, w_scale_ptr, stride_w_scale, w_zero_ptr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
@@ -304,15 +329,17 @@ def _gemv_fma_kernel(
         w_scale = tl.load(w_scale_ptr + rows_w * stride_w_scale)  # stride 0: a per-tensor w scale
     row = tl.arange(0, 1)
     out0 = _scaled_sum(acc0, x_scale, w_scale, FP8_X)
-    _write(out0, row, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+    _write(out0, row, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
     if BLOCK_M > 1:
         out1 = _scaled_sum(acc1, x_scale, w_scale, FP8_X)
-        _write(out1, row + 1, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+        _write(out1, row + 1, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
     if BLOCK_M > 2:
         out2 = _scaled_sum(acc2, x_scale, w_scale, FP8_X)
-        _write(out2, row + 2, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+        _write(out2, row + 2, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
         out3 = _scaled_sum(acc3, x_scale, w_scale, FP8_X)
-        _write(out3, row + 3, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+        _write(out3, row + 3, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+    if SPLIT:
+        _reduce_if_last(tl.arange(0, BLOCK_M), offs_n, M, N, b_ptr, y_ptr, ws_ptr, counts_ptr, HAS_BIAS)
 
 
 @triton.jit
@@ -329,7 +356,7 @@ def _mma(w, x, acc, UPCAST: tl.constexpr, FP8_X: tl.constexpr):
 
 @triton.jit
 def _gemv_dot_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, counts_ptr, M, N, K, stride_xm, stride_wn, k_per_split,
     x_scale_ptr, w_scale_ptr, stride_w_scale, w_zero_ptr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8_X: tl.constexpr,
@@ -378,22 +405,9 @@ def _gemv_dot_kernel(
         x_ptrs += BLOCK_K
     if FP8_X:  # scaling is linear, so split-K partials are scaled before they are summed
         acc = acc * tl.load(x_scale_ptr) * tl.load(w_scale_ptr + rows_w * stride_w_scale)[:, None]
-    _write(tl.trans(acc), offs_m, offs_n, pid_k, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
-
-
-@triton.jit
-def _split_k_reduce_kernel(
-    ws_ptr, b_ptr, y_ptr, MN, N, splits, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
-):
-    start_next_then_wait(PDL)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(splits):
-        acc += tl.load(ws_ptr + s * MN + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    _write(tl.trans(acc), offs_m, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+    if SPLIT:
+        _reduce_if_last(offs_m, offs_n, M, N, b_ptr, y_ptr, ws_ptr, counts_ptr, HAS_BIAS)
 
 
 INTERPRETED: bool = is_interpreted(_gemv_fma_kernel)
@@ -624,13 +638,12 @@ def _launch(
         meta.update(w_scale_ptr=quant.scales, stride_w_scale=quant.scales.stride(0), GROUP_SIZE=quant.group_size)
         if quant.zeros is not None:
             meta.update(w_zero_ptr=quant.zeros, HAS_ZEROS=True)
+    counts = split_counts(x2.device, programs) if splits > 1 else ws  # unread without splits
     _KERNELS[plan.path][(programs, splits)](
-        x2, weight, b, y2, ws, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
+        x2, weight, b, y2, ws, counts, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
         BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, num_warps=plan.num_warps, **meta, **pdl.launch_args(x2.device),
     )  # fmt: skip
-    if splits > 1:
-        reduce_splits(ws, bias, y2)
 
 
 def split_k(k: int, plan: Plan, max_tiles: int | None = None) -> tuple[int, int]:
@@ -647,13 +660,21 @@ def split_k_workspace(y2: Tensor, splits: int) -> Tensor:
     return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device) if splits > 1 else y2
 
 
-def reduce_splits(ws: Tensor, bias: Tensor | None, y2: Tensor) -> None:
-    """y2 = sum of the split-K partials ws [splits, M, N] (in split order) + bias, cast to y2's dtype."""
-    (splits, m, n), block = ws.shape, 1024
-    _split_k_reduce_kernel[(triton.cdiv(m * n, block),)](
-        ws, bias if bias is not None else y2, y2, m * n, n, splits, HAS_BIAS=bias is not None, BLOCK=block,
-        num_warps=4, **pdl.launch_args(y2.device),
-    )  # fmt: skip
+SPLIT_COUNTS = 1 << 20  # output tiles a split-K launch may have (4 MiB of counts a device)
+
+
+@functools.cache
+def _split_counts(device: torch.device) -> Tensor:
+    return torch.zeros(SPLIT_COUNTS, dtype=torch.int32, device=device)
+
+
+def split_counts(device: torch.device, tiles: int) -> Tensor:
+    """The arrival counts of a split-K launch of `tiles` output tiles (programs along grid axis 0), one per tile,
+    for `_reduce_if_last`: zero before every launch, as each launch's last programs re-arm them. One buffer per
+    device, shared by the GEMVs, which run in stream order (a PDL launch counts only after its wait)."""
+    if tiles > SPLIT_COUNTS:
+        raise ValueError(f"a split-K GEMV of {tiles} output tiles: at most {SPLIT_COUNTS}, take a larger BLOCK_N")
+    return _split_counts(device)
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:

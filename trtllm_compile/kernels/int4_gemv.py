@@ -4,7 +4,8 @@ The weight is read in the op's own format, with no repacked copy: [N, K / 2] uin
 nibble of byte i and 2i + 1 in the high one, which read as little-endian int32 is [N, K / 8] words holding
 elements 8i..8i + 7 in bits 4j..4j + 3. Scales and integer zero points are per row and group of `group_size`
 along K (no zero points: 8). One row (batch-1 decode) has its own kernel here, the hfma path; the others are
-gemv.py's, given `gemv.Int4Weights` (with its launcher and split-K reduce, and kernels/tuning.py's plan tuner):
+gemv.py's, given `gemv.Int4Weights` (with its launcher, its split-K reduction in the kernel, and
+kernels/tuning.py's plan tuner):
 
 - hfma path (one row, `_int4_hfma_kernel`, the default there): fp16 math on CUDA cores in inline PTX, 15
   instructions per word of eight weights (`_hfma_words`: the magic-number dequantization of LOP3 into fp16
@@ -402,7 +403,7 @@ def _hfma_tile(
 
 @triton.jit
 def _int4_hfma_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, N, K, stride_wn, k_per_split, scale_ptr, zero_ptr, stride_scale,
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, counts_ptr, N, K, stride_wn, k_per_split, scale_ptr, zero_ptr, stride_scale,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, SUB_EVEN_K: tl.constexpr,
     PREFETCH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB_K: tl.constexpr, HAS_ZEROS: tl.constexpr,
@@ -448,7 +449,9 @@ def _int4_hfma_kernel(
             x_ptrs += BLOCK_K // 2
     low, high = _halves(acc)
     out = tl.sum(tl.sum(low + high, axis=2), axis=1) * (1.0 / (HFMA_X_SCALE * HFMA_W_SCALE))
-    gemv._write(out[None, :], tl.arange(0, 1), offs_n, pid_k, 1, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+    gemv._write(out[None, :], tl.arange(0, 1), offs_n, 1, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS, SPLIT)
+    if SPLIT:
+        gemv._reduce_if_last(tl.arange(0, 1), offs_n, 1, N, b_ptr, y_ptr, ws_ptr, counts_ptr, HAS_BIAS)
 
 
 def _launch_hfma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
@@ -462,16 +465,16 @@ def _launch_hfma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | No
     k_per_split, splits = gemv.split_k(k, plan, HFMA_MAX_TILES)
     ws = gemv.split_k_workspace(y2, splits)
     zeros = int4.zeros if int4.zeros is not None else int4.scales  # unread without HAS_ZEROS
-    _int4_hfma_kernel[(triton.cdiv(n, plan.block_n), splits)](
-        x_row.view(torch.int32), words, bias if bias is not None else y2, y2, ws, n, k, words.stride(0), k_per_split,
-        int4.scales, zeros, int4.scales.stride(0), HAS_BIAS=bias is not None, SPLIT=splits > 1,
+    programs = triton.cdiv(n, plan.block_n)
+    counts = gemv.split_counts(x2.device, programs) if splits > 1 else ws  # unread without splits
+    _int4_hfma_kernel[(programs, splits)](
+        x_row.view(torch.int32), words, bias if bias is not None else y2, y2, ws, counts, n, k, words.stride(0),
+        k_per_split, int4.scales, zeros, int4.scales.stride(0), HAS_BIAS=bias is not None, SPLIT=splits > 1,
         EVEN_K=k % plan.block_k == 0, SUB_EVEN_K=k % sub_k == 0, PREFETCH=plan.num_stages > 1,
         BLOCK_N=plan.block_n, BLOCK_K=plan.block_k,
         SUB_K=sub_k, HAS_ZEROS=int4.zeros is not None, GROUP_SIZE=int4.group_size,
         X_BF16=x2.dtype == torch.bfloat16, ASM=not INTERPRETED, num_warps=plan.num_warps, **pdl.launch_args(x2.device),
     )  # fmt: skip
-    if splits > 1:
-        gemv.reduce_splits(ws, bias, y2)
 
 
 def _run(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
