@@ -7,7 +7,7 @@ along K (no zero points: 8). One row (batch-1 decode) has its own kernel here, t
 gemv.py's, given `gemv.Int4Weights` (with its launcher, its split-K reduction in the kernel, and
 kernels/tuning.py's plan tuner):
 
-- hfma path (one row, `_int4_hfma_kernel`, the default there): fp16 math on CUDA cores in inline PTX, 15
+- hfma path (one row, `_int4_hfma_kernel`, the default there): fp16 math on CUDA cores in inline PTX, 14
   instructions per word of eight weights (`_hfma_words`: the magic-number dequantization of LOP3 into fp16
   1024, then packed fp16 FMAs), against ~6 a weight for the fp32 fma path, whose instructions bounded it. x is
   converted once per tile into fp16 pairs in the order the words unpack (`_x_pairs`). A tile is BLOCK_N rows of
@@ -85,10 +85,11 @@ def hfma_plan(block_n, split_k=1, num_warps=4, num_stages=2, block_k=128) -> Pla
 
 
 # One row: fp16 math on CUDA cores (`_int4_hfma_kernel`). The fastest on an H100 at the Llama-2-7B GEMMs in a
-# sweep of 48 (docs/benchmarks.md): one-warp programs of 8 to 16 rows, rows of 256 to 512 K (128 to 256 bytes a
-# load), enough programs (and K splits) for every SM to hold several.
+# sweep of 48 and one of 10 (docs/benchmarks.md runs 41 and 47): one-warp programs of 8 to 16 rows, rows of 256
+# to 512 K (128 to 256 bytes a load), enough programs (and K splits) for every SM to hold several.
 _HFMA_PLANS = [
     hfma_plan(16, block_k=256, split_k=8, num_warps=1, num_stages=1),
+    hfma_plan(8, block_k=256, split_k=8, num_warps=1, num_stages=1),
     hfma_plan(8, block_k=512, split_k=1, num_warps=1),
     hfma_plan(8, block_k=512, split_k=4, num_warps=1, num_stages=1),
     hfma_plan(16, block_k=256, split_k=4, num_warps=1, num_stages=1),
@@ -247,17 +248,17 @@ def _load_nc(ptrs, ASM: tl.constexpr):
 @triton.jit
 def _x_pairs(w0, w1, w2, w3, X_BF16: tl.constexpr, ASM: tl.constexpr):
     """Four int32 words of x (each two bf16 / fp16 values, x_2i low: the eight values a weight word meets) -> the
-    four fp16x2 words `_hfma_words` multiplies the weight word by: (x0, x2), (x1, x3), (x4, x6), (x5, x7), times
+    four fp16x2 words `_hfma_words` multiplies the weight word by: (x0, x4), (x1, x5), (x2, x6), (x3, x7), times
     HFMA_X_SCALE."""
     if not ASM:  # Triton's interpreter runs no PTX: the same values from Triton's ops
         lo0, hi0 = _half_values(w0, X_BF16)
         lo1, hi1 = _half_values(w1, X_BF16)
         lo2, hi2 = _half_values(w2, X_BF16)
         lo3, hi3 = _half_values(w3, X_BF16)
-        a = _f16x2(lo0 * HFMA_X_SCALE, lo1 * HFMA_X_SCALE)
-        b = _f16x2(hi0 * HFMA_X_SCALE, hi1 * HFMA_X_SCALE)
-        c = _f16x2(lo2 * HFMA_X_SCALE, lo3 * HFMA_X_SCALE)
-        d = _f16x2(hi2 * HFMA_X_SCALE, hi3 * HFMA_X_SCALE)
+        a = _f16x2(lo0 * HFMA_X_SCALE, lo2 * HFMA_X_SCALE)
+        b = _f16x2(hi0 * HFMA_X_SCALE, hi2 * HFMA_X_SCALE)
+        c = _f16x2(lo1 * HFMA_X_SCALE, lo3 * HFMA_X_SCALE)
+        d = _f16x2(hi1 * HFMA_X_SCALE, hi3 * HFMA_X_SCALE)
     elif X_BF16:  # bf16 -> fp32 is a shift or a mask, then two values to fp16 a cvt
         a, b, c, d = tl.inline_asm_elementwise(
             """{
@@ -278,10 +279,10 @@ def _x_pairs(w0, w1, w2, w3, X_BF16: tl.constexpr, ASM: tl.constexpr):
             mul.f32 v5, v5, 0f3D800000;
             mul.f32 v6, v6, 0f3D800000;
             mul.f32 v7, v7, 0f3D800000;
-            cvt.rn.f16x2.f32 $0, v2, v0;
-            cvt.rn.f16x2.f32 $1, v3, v1;
-            cvt.rn.f16x2.f32 $2, v6, v4;
-            cvt.rn.f16x2.f32 $3, v7, v5;
+            cvt.rn.f16x2.f32 $0, v4, v0;
+            cvt.rn.f16x2.f32 $1, v5, v1;
+            cvt.rn.f16x2.f32 $2, v6, v2;
+            cvt.rn.f16x2.f32 $3, v7, v3;
             }""",
             "=r,=r,=r,=r,r,r,r,r", [w0, w1, w2, w3], (tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1,
         )  # fmt: skip
@@ -294,10 +295,10 @@ def _x_pairs(w0, w1, w2, w3, X_BF16: tl.constexpr, ASM: tl.constexpr):
             mul.rn.f16x2 v1, $5, scale;
             mul.rn.f16x2 v2, $6, scale;
             mul.rn.f16x2 v3, $7, scale;
-            prmt.b32 $0, v0, v1, 0x5410;
-            prmt.b32 $1, v0, v1, 0x7632;
-            prmt.b32 $2, v2, v3, 0x5410;
-            prmt.b32 $3, v2, v3, 0x7632;
+            prmt.b32 $0, v0, v2, 0x5410;
+            prmt.b32 $1, v0, v2, 0x7632;
+            prmt.b32 $2, v1, v3, 0x5410;
+            prmt.b32 $3, v1, v3, 0x7632;
             }""",
             "=r,=r,=r,=r,r,r,r,r", [w0, w1, w2, w3], (tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1,
         )  # fmt: skip
@@ -323,21 +324,20 @@ def _group_constants(scale, zero, ASM: tl.constexpr):
 def _hfma_words(acc, w, xa, xb, xc, xd, s2, low_addend, high_addend, ASM: tl.constexpr):
     """acc + s * (the eight products of each weight word with its x values), in fp16x2 words [R, C].
 
-    A PRMT spreads two bytes of the word over its halves, and a LOP3 ORs two codes into the mantissas of fp16
-    1024 (0x6400): the fp16 values 1024 + code (low nibbles) and 1024 + 16 * code (high nibbles), with no
-    int -> float conversion. One FMA each makes (code - zero) / 64, exactly; four more sum the products with the
-    x pairs of `_x_pairs` (codes 0, 1, 4, 5 in the low halves, 2, 3, 6, 7 in the high ones) and one adds them,
-    scaled, to the accumulator: 15 instructions per eight weights."""
+    Each LOP3 ORs two codes, one from each 16-bit half of the word (or of the word shifted right by 8), into the
+    mantissas of fp16 1024 (0x6400): the fp16 values 1024 + code (low nibbles) and 1024 + 16 * code (high
+    nibbles), with no int -> float conversion. One FMA each makes (code - zero) / 64, exactly; four more sum the
+    products with the x pairs of `_x_pairs` (codes 0-3 in the low halves, 4-7 in the high ones) and one adds
+    them, scaled, to the accumulator: 14 instructions per eight weights."""
     if ASM:
         acc = tl.inline_asm_elementwise(
             """{
-            .reg .b32 t0, t1, w0, w1, w2, w3, p, low_scale, high_scale;
+            .reg .b32 t1, w0, w1, w2, w3, p, low_scale, high_scale;
             mov.b32 low_scale, 0x24002400;
             mov.b32 high_scale, 0x14001400;
-            prmt.b32 t0, $1, 0, 0x4140;
-            prmt.b32 t1, $1, 0, 0x4342;
-            lop3.b32 w0, t0, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 w1, t0, 0x00F000F0, 0x64006400, 0xEA;
+            shr.u32 t1, $1, 8;
+            lop3.b32 w0, $1, 0x000F000F, 0x64006400, 0xEA;
+            lop3.b32 w1, $1, 0x00F000F0, 0x64006400, 0xEA;
             lop3.b32 w2, t1, 0x000F000F, 0x64006400, 0xEA;
             lop3.b32 w3, t1, 0x00F000F0, 0x64006400, 0xEA;
             fma.rn.f16x2 w0, w0, low_scale, $7;
@@ -360,7 +360,7 @@ def _hfma_words(acc, w, xa, xb, xc, xd, s2, low_addend, high_addend, ASM: tl.con
             x = _halves(xa)[half], _halves(xb)[half], _halves(xc)[half], _halves(xd)[half]
             p = 0.0
             for j in tl.static_range(4):
-                code = ((w >> (4 * (j % 2) + 8 * half + 16 * (j // 2))) & 0xF).to(tl.float32)
+                code = ((w >> (4 * j + 16 * half)) & 0xF).to(tl.float32)
                 p = (p + (code - zero) * HFMA_W_SCALE * x[j]).to(tl.float16).to(tl.float32)
             sums.append((p * _halves(s2)[0] + _halves(acc)[half]).to(tl.float16).to(tl.float32))
         acc = _f16x2(sums[0], sums[1])
