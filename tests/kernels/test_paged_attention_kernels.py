@@ -103,19 +103,6 @@ def test_paged_decode_gpu_masks(assert_matches, variant, splits, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_paged_decode_gpu_split_merge_is_deterministic_across_launches():
-    """The last split of a KV head to finish merges its group's partials (kernels/arrival.py): whichever that is,
-    the output may not change, and each launch must find the counters re-armed (100 launches back to back)."""
-    from trtllm_compile.kernels import arrival
-    from trtllm_compile.kernels import paged_attention as attn
-
-    args, scale = _paged_case([1000, 7, 299, 640], 32, 8, 128, 16, torch.bfloat16, "cuda")
-    first = attn.paged_decode_attention(*args, scale, num_splits=8)
-    assert all(torch.equal(attn.paged_decode_attention(*args, scale, num_splits=8), first) for _ in range(100))
-    assert not arrival.counts(first.device, 1).any()
-
-
-@pytest.mark.gpu
 def test_paged_decode_gpu_every_plan(assert_matches, monkeypatch):
     """Each plan the tuner may choose computes the same attention (MHA on CUDA or tensor cores, one pass and
     split-K)."""

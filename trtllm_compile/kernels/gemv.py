@@ -30,6 +30,7 @@ L2 for its first W tile while the kernel before it ends.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,8 +40,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import arrival, is_interpreted, pdl, plans_fixed, rows_view
-from trtllm_compile.kernels.arrival import last_to_arrive
+from trtllm_compile.kernels import is_interpreted, pdl, plans_fixed, rows_view
 from trtllm_compile.kernels.pdl import prefetch_l2, start_next_then_wait
 from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 from trtllm_compile.kernels.tuning import cached_plan
@@ -78,15 +78,19 @@ def _write(out, offs_m, offs_n, M, N, b_ptr, y_ptr, ws_ptr, HAS_BIAS: tl.constex
 
 @triton.jit
 def _reduce_if_last(offs_m, offs_n, M, N, b_ptr, y_ptr, ws_ptr, counts_ptr, HAS_BIAS: tl.constexpr):
-    """Once this program's partials are stored (`_write`): the last of the output tile's K splits to get here
-    (kernels/arrival.py) sums the tile's partials in split order into y."""
-    if last_to_arrive(counts_ptr, tl.program_id(0), tl.num_programs(1)):
+    """Once this program's partials are stored (`_write`): the last of the output tile's K splits to get here sums
+    the tile's partials in split order (so the result does not depend on which finished last) into y, and
+    re-arms the tile's count (`split_counts`) for the next launch. This saves a second kernel per GEMV."""
+    tl.debug_barrier()  # every thread's partial is stored before the count is taken (released with it)
+    arrived = tl.atomic_add(counts_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+    if arrived == tl.num_programs(1) - 1:  # the other splits' partials are visible (acquired)
         mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
         partials = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
         out = tl.zeros([offs_m.shape[0], offs_n.shape[0]], dtype=tl.float32)
-        for s in range(tl.num_programs(1)):
+        for s in range(tl.num_programs(1)):  # from L2: another SM wrote them
             out += tl.load(partials + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
         _store_y(out, offs_m, offs_n, M, N, b_ptr, y_ptr, HAS_BIAS)
+        tl.atomic_xchg(counts_ptr + tl.program_id(0), 0)
 
 
 @triton.jit
@@ -634,7 +638,7 @@ def _launch(
         meta.update(w_scale_ptr=quant.scales, stride_w_scale=quant.scales.stride(0), GROUP_SIZE=quant.group_size)
         if quant.zeros is not None:
             meta.update(w_zero_ptr=quant.zeros, HAS_ZEROS=True)
-    counts = arrival.counts(x2.device, programs) if splits > 1 else ws  # unread without splits
+    counts = split_counts(x2.device, programs) if splits > 1 else ws  # unread without splits
     _KERNELS[plan.path][(programs, splits)](
         x2, weight, b, y2, ws, counts, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
@@ -654,6 +658,23 @@ def split_k(k: int, plan: Plan, max_tiles: int | None = None) -> tuple[int, int]
 def split_k_workspace(y2: Tensor, splits: int) -> Tensor:
     """The fp32 partials [splits, M, N] the programs of a split-K GEMV write (y2 itself, unused, without splits)."""
     return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device) if splits > 1 else y2
+
+
+SPLIT_COUNTS = 1 << 20  # output tiles a split-K launch may have (4 MiB of counts a device)
+
+
+@functools.cache
+def _split_counts(device: torch.device) -> Tensor:
+    return torch.zeros(SPLIT_COUNTS, dtype=torch.int32, device=device)
+
+
+def split_counts(device: torch.device, tiles: int) -> Tensor:
+    """The arrival counts of a split-K launch of `tiles` output tiles (programs along grid axis 0), one per tile,
+    for `_reduce_if_last`: zero before every launch, as each launch's last programs re-arm them. One buffer per
+    device, shared by the GEMVs, which run in stream order (a PDL launch counts only after its wait)."""
+    if tiles > SPLIT_COUNTS:
+        raise ValueError(f"a split-K GEMV of {tiles} output tiles: at most {SPLIT_COUNTS}, take a larger BLOCK_N")
+    return _split_counts(device)
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:

@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import arrival, gemv, is_interpreted, pdl, tuning
+from trtllm_compile.kernels import gemv, is_interpreted, pdl, tuning
 from trtllm_compile.kernels.gemv import CUBLAS, HALF_DTYPES, Int4Weights, Plan, dot_plan, fma_plan, int4_codes, w_tile
 
 # Dequantize the weight to x's dtype in a Triton kernel, then cuBLAS (a plan of the INT4 candidates).
@@ -466,7 +466,7 @@ def _launch_hfma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | No
     ws = gemv.split_k_workspace(y2, splits)
     zeros = int4.zeros if int4.zeros is not None else int4.scales  # unread without HAS_ZEROS
     programs = triton.cdiv(n, plan.block_n)
-    counts = arrival.counts(x2.device, programs) if splits > 1 else ws  # unread without splits
+    counts = gemv.split_counts(x2.device, programs) if splits > 1 else ws  # unread without splits
     _int4_hfma_kernel[(programs, splits)](
         x_row.view(torch.int32), words, bias if bias is not None else y2, y2, ws, counts, n, k, words.stride(0),
         k_per_split, int4.scales, zeros, int4.scales.stride(0), HAS_BIAS=bias is not None, SPLIT=splits > 1,

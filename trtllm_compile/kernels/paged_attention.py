@@ -4,13 +4,12 @@ One program per (sequence, KV head, split) serves all query heads of the group, 
 Positions are gathered token by token through the block table (slot = block * PAGE + pos % PAGE), which
 keeps the tile size independent of the page size. When sequences x KV heads cannot fill the GPU, each
 sequence's context is split into up to `num_splits` equal partitions of at least _MIN_PARTITION tokens, whose
-partial (max, sum, unnormalized output) the last split to finish merges (kernels/arrival.py). The partitions
-are sized in the kernel from the sequence's actual length, so a CUDA graph captured for the longest context
-still spreads a long context over every split, and a short one over few (the others return at once). Groups
-of more than two query heads multiply on the tensor cores, padded to 16 rows; for one or two the plan chooses.
-Padded to 16 rows, a Llama-2-7B head (MHA) streamed its bf16 cache at 2.93-3.02 TB/s against 2.85-2.97 on CUDA
-cores, and an FP8 cache at 2.28-2.67 against 1.74-1.98 (H100, 64 to 512 sequences of 512 tokens,
-benchmarks/decode_attention_plans.py).
+partial (max, sum, unnormalized output) are merged by a second kernel. The partitions are sized in the kernel
+from the sequence's actual length, so a CUDA graph captured for the longest context still spreads a long
+context over every split, and a short one over few (the others return at once). Groups of more than two query
+heads multiply on the tensor cores, padded to 16 rows; for one or two the plan chooses. Padded to 16 rows, a
+Llama-2-7B head (MHA) streamed its bf16 cache at 2.93-3.02 TB/s against 2.85-2.97 on CUDA cores, and an FP8 cache
+at 2.28-2.67 against 1.74-1.98 (H100, 64 to 512 sequences of 512 tokens, benchmarks/decode_attention_plans.py).
 
 An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is read as its codes, which every q dtype holds
 exactly, and the scales multiply the scores (k_scale) and the output (v_scale) instead of each element: the
@@ -30,9 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import arrival, is_interpreted, pdl, plans_fixed
+from trtllm_compile.kernels import is_interpreted, pdl, plans_fixed
 from trtllm_compile.kernels.activation import tanh
-from trtllm_compile.kernels.arrival import last_to_arrive
 from trtllm_compile.kernels.pdl import start_next_then_wait
 from trtllm_compile.kernels.tuning import cached_plan
 from trtllm_compile.ops.paged_attention import load_kv
@@ -65,7 +63,7 @@ _MIN_PARTITION = 32  # tokens per split: below this the merge costs more than th
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, counts_ptr, k_scale_ptr, v_scale_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, k_scale_ptr, v_scale_ptr,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_on, stride_oh,
     num_q_heads, num_splits, scale, softcap, sliding_window,
@@ -153,38 +151,32 @@ def _paged_decode_kernel(
         tl.store(m_ptr + part, m_i, mask=g_ok)
         tl.store(l_ptr + part, l_i, mask=g_ok)
         tl.store(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=q_mask)
-        if last_to_arrive(counts_ptr, n * tl.num_programs(1) + kv_head, num_splits):
-            l_i, acc = _merged_splits(m_ptr, l_ptr, acc_ptr, part - split, num_splits, g_ok, offs_d, q_mask, HEAD_DIM)
-            _store_out(acc, l_i, out_ptr + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :], q_mask)
     else:
-        _store_out(acc, l_i, out_ptr + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :], q_mask)
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty sequence gives zeros
+        o_ptrs = out_ptr + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=q_mask)
 
 
 @triton.jit
-def _store_out(acc, l_i, o_ptrs, mask):
-    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty sequence gives zeros
-    tl.store(o_ptrs, o.to(o_ptrs.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _merged_splits(m_ptr, l_ptr, acc_ptr, first_part, num_splits, g_ok, offs_d, mask, HEAD_DIM: tl.constexpr):
-    """The softmax sums and unnormalized outputs of a KV head's query heads over their whole context, from the
-    (max, sum, output) partials the splits stored at first_part + split ([BLOCK_G] indices), in split order. Run
-    by the last split to finish (kernels/arrival.py), so they are read from L2 (".cg")."""
-    m_max = tl.full(first_part.shape, float("-inf"), tl.float32)
-    for s in range(num_splits):
-        m = tl.load(m_ptr + first_part + s, mask=g_ok, other=float("-inf"), cache_modifier=".cg")
-        m_max = tl.maximum(m_max, m)
+def _merge_splits_kernel(
+    m_ptr, l_ptr, acc_ptr, out_ptr, num_q_heads, num_splits, stride_on, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    start_next_then_wait(PDL)
+    n = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    offs_s, offs_d = tl.arange(0, BLOCK_S), tl.arange(0, BLOCK_D)
+    s_ok, d_ok = offs_s < num_splits, offs_d < HEAD_DIM
+    part = (n * num_q_heads + head) * num_splits + offs_s
+    m = tl.load(m_ptr + part, mask=s_ok, other=float("-inf"))
+    l_part = tl.load(l_ptr + part, mask=s_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # every split empty
-    total = tl.zeros(first_part.shape, tl.float32)
-    out = tl.zeros([first_part.shape[0], offs_d.shape[0]], tl.float32)
-    for s in range(num_splits):
-        m = tl.load(m_ptr + first_part + s, mask=g_ok, other=float("-inf"), cache_modifier=".cg")
-        w = tl.exp2((m - m_max) * 1.4426950408889634)
-        total += tl.load(l_ptr + first_part + s, mask=g_ok, other=0.0, cache_modifier=".cg") * w
-        acc_ptrs = acc_ptr + (first_part + s)[:, None] * HEAD_DIM + offs_d[None, :]
-        out += tl.load(acc_ptrs, mask=mask, other=0.0, cache_modifier=".cg") * w[:, None]
-    return total, out
+    w = tl.exp2((m - m_max) * 1.4426950408889634)
+    total = tl.sum(l_part * w, axis=0)
+    acc = tl.load(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + n * stride_on + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 INTERPRETED: bool = is_interpreted(_paged_decode_kernel)
@@ -284,7 +276,6 @@ def paged_decode_attention(
     m = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
     lse = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
     acc = torch.empty((n_seq, hq, splits, head_dim), **f32) if splits > 1 else out
-    counts = arrival.counts(q.device, n_seq * hkv) if splits > 1 else out  # unread without splits
     if fp8:  # a no-op for the graph's constants, which live on the device (the kernel reads them as fp32)
         k_scale, v_scale = k_scale.to(q.device), v_scale.to(q.device)
     meta = dict(
@@ -296,7 +287,7 @@ def paged_decode_attention(
     def launch(plan: DecodePlan, tables: Tensor, lens: Tensor) -> None:
         block_g = max(16, triton.next_power_of_2(group)) if plan.tensor_cores else triton.next_power_of_2(group)
         _paged_decode_kernel[(n_seq, hkv, splits)](
-            q, k_cache, v_cache, tables, lens, out, m, lse, acc, counts,
+            q, k_cache, v_cache, tables, lens, out, m, lse, acc,
             k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
             q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
             tables.stride(0), out.stride(0), out.stride(1),
@@ -308,6 +299,12 @@ def paged_decode_attention(
     sample = functools.cache(lambda: _tuning_sample(n_seq, max_context, page, k_cache.shape[0], q.device))
     key = plan_key(q, k_cache, splits, softcap, sliding_window)
     launch(cached_plan(key, plans, lambda plan: launch(plan, *sample())), block_tables, seq_lens)
+    if splits > 1:
+        _merge_splits_kernel[(n_seq, hq)](
+            m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,
+            **pdl.launch_args(q.device),
+        )  # fmt: skip
     return out
 
 
