@@ -82,6 +82,28 @@ def test_every_gemm_but_the_lm_head_is_quantized_as_quantize_does(graphs, arch, 
 
 
 @pytest.mark.parametrize(
+    "kv_cache, use_cache, folded", [(None, False, True), ("fp8", False, False), (None, True, False)],
+    ids=["folded", "fp8_kv_cache", "v_is_returned"],
+)  # fmt: skip
+@pytest.mark.parametrize("fmt", ["int8_sq", "int4_awq"])
+def test_o_proj_scale_folds_into_v_rows_of_multi_head_attention(graphs, fmt, kv_cache, use_cache, folded):
+    """With a KV head per query head, o_proj's 1/s divides V's rows of the fused Q/K/V GEMM (as quantize() divides
+    v_proj's, in every case): no multiply is left. Not before an FP8 KV cache (V's calibrated scale), nor when the
+    graph returns V in a Hugging Face cache (the next step's graph, which concatenates the cache, cannot fold)."""
+    model = TINY_MODELS["llama"].with_config(num_key_value_heads=4, use_cache=use_cache).build()
+    windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
+    calibration = calibrate(model, windows=windows, samples=48, progress=False)
+    qconfig = QuantConfig.from_name(fmt, group_size=32, kv_cache=kv_cache).with_calibration(calibration)
+    actual = _compile(model, windows, qconfig)
+    multiplies = [n for n in graphs[-1].graph.nodes if n.target == torch.ops.aten.mul.Tensor]
+    smoothed = [n for n in multiplies if "quant_input_multiplier" in str(n.args[1])]
+    assert len(smoothed) == (0 if folded else LAYERS)
+    with torch.no_grad():
+        expected = quantize(copy.deepcopy(model), qconfig, calibration=calibration)(windows[:1]).logits
+    assert rel_err(actual, expected) <= (INT8_PATHS_RTOL if fmt == "int8_sq" else PATHS_RTOL)
+
+
+@pytest.mark.parametrize(
     "exclude, quantized, left",
     [((), 4 * LAYERS + 1, 0), (("lm_head", "*.down_proj"), 3 * LAYERS, 1 + LAYERS)],
     ids=["nothing_excluded", "lm_head_and_down_proj"],

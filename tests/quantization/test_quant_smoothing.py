@@ -45,6 +45,25 @@ def test_smoothing_is_exact_before_activation_quantization(arch):
     assert plans["model.layers.0.self_attn.o_proj"].multiplier is not None
 
 
+@pytest.mark.parametrize("kv_cache", [None, "fp8"])
+def test_o_proj_scale_folds_into_v_rows_with_a_kv_head_per_query_head(kv_cache):
+    """Multi-head attention: o_proj's input channel is a V channel weighted by the softmax, so 1/s divides v_proj's
+    rows, exactly. Not before an FP8 KV cache, whose V scale was calibrated on the unscaled V."""
+    model = TINY_MODELS["llama"].with_config(num_key_value_heads=4).build()
+    windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
+    calibration = calibrate(model, windows=windows, kv_cache=kv_cache is not None, progress=False)
+    with torch.no_grad():
+        expected = model(windows).logits
+    plans = smooth(model, QuantConfig.from_name("int8_sq", alpha=0.8, kv_cache=kv_cache), calibration)
+    with torch.no_grad():
+        assert rel_err(model(windows).logits, expected) <= EXACT_RTOL
+    o_proj = plans["model.layers.0.self_attn.o_proj"]
+    if kv_cache is None:
+        assert o_proj.folded_into == "model.layers.0.self_attn.v_proj" and o_proj.multiplier is None
+    else:
+        assert o_proj.folded_into is None and o_proj.multiplier is not None
+
+
 def test_smoothing_moves_outliers_into_the_weights():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 64, generator=gen)

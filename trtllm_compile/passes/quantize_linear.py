@@ -8,9 +8,10 @@ it (Dynamo's mangled parameter names are demangled first). A weight that fuse_ge
 gate/up) is quantized as one: its parts share one input, so they share the input statistics and one smoothing
 or AWQ scale searched over the concatenated weight, and per-tensor FP8 weight scales are kept per part (one
 scale per row, repeated within each part). Linears reading one input are smoothed together even when unfused.
-The smoothing 1/s goes into the producing norm's weight when every reader of the norm is in the group, or into
-the up rows of the gated MLP that produces a down_proj's input (as quantize() folds it), else into an explicit
-multiply (o_proj's input). Linears that `QuantConfig.exclude` names (the LM head by default) stay as they are.
+The smoothing 1/s goes into the producing norm's weight when every reader of the norm is in the group, into the
+up rows of the gated MLP that produces a down_proj's input, or into the V rows of a multi-head attention that
+produces an o_proj's input (as quantize() folds them), else into an explicit multiply. Linears that
+`QuantConfig.exclude` names (the LM head by default) stay as they are.
 """
 
 from __future__ import annotations
@@ -122,18 +123,12 @@ def _fold_into_norm(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
     return True
 
 
-def _fold_into_up_rows(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
-    """act(gate) * up / s (`x`, a gated trtllm.mlp_activation) by dividing the rows of the GEMM that makes `up`
-    (its slice of a fused gate/up GEMM, or a GEMM of its own) by s, as quantize() divides up_proj's rows."""
-    if not is_op(x, trtllm.mlp_activation.default) or x.args[1] is None:
+def _divide_rows(gm, linear: torch.fx.Node, rows: slice, scale: torch.Tensor) -> bool:
+    """Divide output rows `rows` of a float GEMM (weight and bias constants only it reads) by s."""
+    if not is_op(linear, aten.linear.default) or len(linear.args[1].users) != 1:
         return False
-    up, rows = x.args[1], slice(None)
-    if is_op(up, aten.slice.Tensor) and up.args[1] in (-1, val(up).dim() - 1):
-        up, rows = up.args[0], slice(up.args[2], up.args[3])
-    if not is_op(up, aten.linear.default) or set(x.args[1].users) != {x} or len(up.args[1].users) != 1:
-        return False
-    weight = constant_of(gm, up.args[1])
-    bias_node = up.args[2] if len(up.args) > 2 else None
+    weight = constant_of(gm, linear.args[1])
+    bias_node = linear.args[2] if len(linear.args) > 2 else None
     bias = constant_of(gm, bias_node)
     if weight is None or weight[rows].shape[0] != scale.numel() or (bias_node is not None and bias is None):
         return False
@@ -142,14 +137,72 @@ def _fold_into_up_rows(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
             folded = tensor.detach().clone()
             scale_rows = scale.to(tensor.dtype)
             folded[rows] = tensor[rows] / (scale_rows[:, None] if tensor.dim() == 2 else scale_rows)
-            up.update_arg(index, insert_constant(gm, folded, f"{up.args[index].target}_smoothed"))
+            linear.update_arg(index, insert_constant(gm, folded, f"{linear.args[index].target}_smoothed"))
     return True
 
 
-def _scaled_input(gm, x: torch.fx.Node, readers: list[torch.fx.Node], scale: torch.Tensor) -> torch.fx.Node:
-    """x / s for the group's readers: folded into the norm producing x, or into the up rows of the gated MLP
-    producing it, if only they read it; else multiplied."""
-    if set(x.users) == set(readers) and (_fold_into_norm(gm, x, scale) or _fold_into_up_rows(gm, x, scale)):
+def _gemm_rows(node: torch.fx.Node) -> tuple[torch.fx.Node, slice]:
+    """(GEMM, its output rows) behind `node`: a slice of a fused GEMM's last dim that only it reads, or all rows."""
+    if is_op(node, aten.slice.Tensor) and node.args[1] in (-1, val(node).dim() - 1) and len(node.users) == 1:
+        return node.args[0], slice(node.args[2], node.args[3])
+    return node, slice(None)
+
+
+def _fold_into_up_rows(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
+    """act(gate) * up / s (`x`, a gated trtllm.mlp_activation) by dividing the rows of the GEMM that makes `up`
+    (its slice of a fused gate/up GEMM, or a GEMM of its own) by s, as quantize() divides up_proj's rows."""
+    if not is_op(x, trtllm.mlp_activation.default) or x.args[1] is None or len(x.args[1].users) != 1:
+        return False
+    return _divide_rows(gm, *_gemm_rows(x.args[1]), scale)
+
+
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+
+
+def _heads_transpose(node: torch.fx.Node) -> bool:
+    """`node` swaps a 4-D tensor's sequence and head dims ([B, S, H, D] <-> [B, H, S, D]) for it alone."""
+    return is_op(node, aten.transpose.int) and val(node).dim() == 4 and {d % 4 for d in node.args[1:3]} == {1, 2}
+
+
+def _split_heads(view: torch.fx.Node, width: int) -> bool:
+    """`view` only splits (or merges) the last dim between [..., width] and [..., H, D] with H * D = width."""
+    if not is_op(view, *_VIEWS) or len(view.users) != 1:
+        return False
+    before, after = val(view.args[0]).shape, val(view).shape
+    split, merged = (after, before) if len(after) > len(before) else (before, after)
+    return len(split) == len(merged) + 1 and split[:-2] == merged[:-1] and split[-2] * split[-1] == merged[-1] == width
+
+
+def _fold_into_v_rows(gm, x: torch.fx.Node, scale: torch.Tensor) -> bool:
+    """x / s where x is attention's output with its heads merged ([B, H, S, D] -> [B, S, H * D]) and every query
+    head has a KV head of its own: channel h * D + d of x is V's channel h * D + d weighted by the softmax, so the
+    rows of the GEMM making V divide by s instead (o_proj's input; quantize() folds into v_proj alike). Not with
+    grouped KV heads (one V channel serves several x channels), nor when anything but views and transposes sits
+    between the GEMM, the attention and x (an FP8 KV cache's Q/DQ: its calibrated V scale would no longer fit),
+    nor when V also leaves the graph (a Hugging Face cache, which a later graph that cannot fold would read)."""
+    width = scale.numel()
+    if not _split_heads(x, width) or not _heads_transpose(x.args[0]) or len(x.args[0].users) != 1:
+        return False
+    attention = x.args[0].args[0]
+    if not is_op(attention, trtllm.attention.default) or len(attention.users) != 1:
+        return False
+    q, v = attention.args[0], attention.args[2]
+    if val(q).shape[1] != val(v).shape[1] or not _heads_transpose(v) or len(v.users) != 1:
+        return False
+    heads = v.args[0]
+    return _split_heads(heads, width) and _divide_rows(gm, *_gemm_rows(heads.args[0]), scale)
+
+
+def _scaled_input(
+    gm, x: torch.fx.Node, readers: list[torch.fx.Node], scale: torch.Tensor, fold_values: bool
+) -> torch.fx.Node:
+    """x / s for the group's readers: folded into the norm producing x, the up rows of the gated MLP producing
+    it, or (`fold_values`) the V rows of the attention producing it, if only they read it; else multiplied."""
+    if set(x.users) == set(readers) and (
+        _fold_into_norm(gm, x, scale)
+        or _fold_into_up_rows(gm, x, scale)
+        or (fold_values and _fold_into_v_rows(gm, x, scale))
+    ):
         return x
     multiplier = insert_constant(gm, (1.0 / scale).to(val(x).dtype), "quant_input_multiplier")
     with gm.graph.inserting_after(x):
@@ -215,8 +268,12 @@ def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
         weights = [constant_of(gm, node.args[1]).detach().float() for node, _ in group]
         scales[x, key] = input_scale_for(qconfig, torch.cat(weights), calibration.inputs[key])
     # Every group's 1/s goes in before any weight is rounded: a later group's may go into an earlier one's rows
+    # V's rows take o_proj's 1/s unless an FP8 KV cache will round V with a scale calibrated on the unscaled V
+    fold_values = qconfig.kv_cache is None
     inputs = {
-        (x, key): x if scale is None else _scaled_input(gm, x, [node for node, _ in readers[x, key]], scale)
+        (x, key): x
+        if scale is None
+        else _scaled_input(gm, x, [node for node, _ in readers[x, key]], scale, fold_values)
         for (x, key), scale in scales.items()
     }
     for (x, key), group in readers.items():

@@ -8,8 +8,9 @@ with a calibration in the compile options; both paths share `input_scale_for` an
 
 Smoothing (SmoothQuant) and AWQ scales s multiply a group's weights; the matching 1/s on the input is folded
 into the op producing it when that is exact, checked on a random probe: the preceding norm's weight (Q/K/V,
-gate/up) or a sibling linear's output rows (down_proj after up_proj, through act(gate) * up). Where no fold
-checks out (o_proj after attention) the QuantLinear multiplies its input by 1/s itself.
+gate/up), a sibling linear's output rows (down_proj after up_proj, through act(gate) * up), or V's output rows
+(o_proj after attention with a KV head per query head, checked on the whole model). Where no fold checks out
+(o_proj after grouped-query attention, or before an FP8 KV cache) the QuantLinear multiplies its input by 1/s.
 """
 
 from __future__ import annotations
@@ -115,6 +116,43 @@ def _fold_into_sibling(parent: nn.Module, member: nn.Linear, scale: torch.Tensor
     return None
 
 
+_VALUE_PROJECTIONS = ("v_proj", "value")  # Hugging Face's names of attention's V projection
+
+
+@torch.no_grad()
+def _logits(model: nn.Module) -> torch.Tensor:
+    """The model's output on a fixed batch of token ids (below 16, so any vocabulary has them)."""
+    ids = torch.randint(0, 16, (1, 8), generator=torch.Generator().manual_seed(0))
+    out = model(ids.to(next(model.parameters()).device))
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+@torch.no_grad()
+def _fold_into_values(model: nn.Module, attention: nn.Module, member: nn.Linear, scale: torch.Tensor) -> str | None:
+    """Fold 1/s into the output rows of the V projection of `attention` when `member` (o_proj) reads its output and
+    every query head has a KV head of its own: then each input channel of `member` is a V channel weighted by the
+    softmax. The attention module takes more than one tensor, so the fold is checked on the whole model's logits.
+    Returns the V projection's name."""
+    for name in _VALUE_PROJECTIONS:
+        values = getattr(attention, name, None)
+        if not isinstance(values, nn.Linear) or values.out_features != member.in_features:
+            continue  # grouped KV heads: fewer V channels than o_proj reads
+        try:
+            expected = _logits(model)
+        except Exception:  # noqa: BLE001  (a model that takes more than token ids cannot be checked)
+            return None
+        saved = [(t, t.detach().clone()) for t in (values.weight, values.bias, member.weight) if t is not None]
+        values.weight.div_(scale.to(values.weight.dtype)[:, None])
+        if values.bias is not None:
+            values.bias.div_(scale.to(values.bias.dtype))
+        member.weight.mul_(scale.to(member.weight.dtype))
+        if _close(_logits(model), expected):
+            return name
+        for tensor, copy in saved:
+            tensor.copy_(copy)
+    return None
+
+
 @dataclass
 class GroupPlan:
     """What smoothing did to one group of linears reading one input."""
@@ -141,6 +179,9 @@ def _smooth_group(modules, config, calibration, key, members) -> GroupPlan:
     if len(members) == 1 and quantized:
         parent_name = members[0].rpartition(".")[0]
         sibling = _fold_into_sibling(modules[parent_name], quantized[0], scale)
+        # V's rows: not under an FP8 KV cache, whose V scale is calibrated on the unscaled V
+        if sibling is None and config.kv_cache is None:
+            sibling = _fold_into_values(modules[""], modules[parent_name], quantized[0], scale)
         if sibling is not None:
             return GroupPlan(amax, scale, None, f"{parent_name}.{sibling}")
     # No fold: the float model stays as it is; the QuantLinears get W diag(s) and multiply their input by 1/s.
