@@ -16,6 +16,7 @@ gate/up), a sibling linear's output rows (down_proj after up_proj, through act(g
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,24 @@ def _fold_into_norm(norm: nn.Module, scale: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
+def _fold_rows_if_exact(
+    producer: nn.Linear, member: nn.Linear, scale: torch.Tensor, output: Callable[[], torch.Tensor], expected
+) -> bool:
+    """Divide `producer`'s output rows by s and multiply `member`'s weight by s (its input's 1/s undone); kept if
+    `output()` still gives `expected`, else undone."""
+    saved = [(t, t.detach().clone()) for t in (producer.weight, producer.bias, member.weight) if t is not None]
+    producer.weight.div_(scale.to(producer.weight.dtype)[:, None])
+    if producer.bias is not None:
+        producer.bias.div_(scale.to(producer.bias.dtype))
+    member.weight.mul_(scale.to(member.weight.dtype))
+    if _close(output(), expected):
+        return True
+    for tensor, copy in saved:
+        tensor.copy_(copy)
+    return False
+
+
+@torch.no_grad()
 def _fold_into_sibling(parent: nn.Module, member: nn.Linear, scale: torch.Tensor) -> str | None:
     """Fold 1/s into the output rows of a sibling linear feeding `member` elementwise (up_proj -> down_proj),
     accepted only if the parent module's output is unchanged; returns the sibling's name."""
@@ -104,15 +123,8 @@ def _fold_into_sibling(parent: nn.Module, member: nn.Linear, scale: torch.Tensor
     except Exception:  # noqa: BLE001  (a parent that needs more than one tensor cannot be probed)
         return None
     for name, sibling in candidates.items():
-        saved = [(t, t.detach().clone()) for t in (sibling.weight, sibling.bias, member.weight) if t is not None]
-        sibling.weight.div_(scale.to(sibling.weight.dtype)[:, None])
-        if sibling.bias is not None:
-            sibling.bias.div_(scale.to(sibling.bias.dtype))
-        member.weight.mul_(scale.to(member.weight.dtype))
-        if _close(parent(probe), expected):
+        if _fold_rows_if_exact(sibling, member, scale, lambda: parent(probe), expected):
             return name
-        for tensor, copy in saved:
-            tensor.copy_(copy)
     return None
 
 
@@ -141,15 +153,8 @@ def _fold_into_values(model: nn.Module, attention: nn.Module, member: nn.Linear,
             expected = _logits(model)
         except Exception:  # noqa: BLE001  (a model that takes more than token ids cannot be checked)
             return None
-        saved = [(t, t.detach().clone()) for t in (values.weight, values.bias, member.weight) if t is not None]
-        values.weight.div_(scale.to(values.weight.dtype)[:, None])
-        if values.bias is not None:
-            values.bias.div_(scale.to(values.bias.dtype))
-        member.weight.mul_(scale.to(member.weight.dtype))
-        if _close(_logits(model), expected):
+        if _fold_rows_if_exact(values, member, scale, lambda: _logits(model), expected):
             return name
-        for tensor, copy in saved:
-            tensor.copy_(copy)
     return None
 
 
