@@ -12,7 +12,7 @@ kernels/tuning.py's plan tuner):
   1024, then packed fp16 FMAs), against ~6 a weight for the fp32 fma path, whose instructions bounded it. x is
   converted once per tile into fp16 pairs in the order the words unpack (`_x_pairs`). A tile is BLOCK_N rows of
   BLOCK_K, side-by-side sub-tiles of one group each, so a row's load is 128-256 contiguous bytes: tiles of one
-  group (64 bytes a row) reached ~1.3 TB/s where these reach up to 2 TB/s (docs/benchmarks.md runs 40-44).
+  group (64 bytes a row) reached ~1.3 TB/s where these reach up to 2 TB/s (docs/benchmarks.md runs 40-48).
   Scales and zero points are loaded by inline asm in the layout that uses them (`_load_nc`): tl.load's
   re-layout for coalescing cost a shared-memory round trip and barriers per tile.
 
@@ -40,7 +40,7 @@ The reference instead rounds each dequantized weight (q - z) * s to x's dtype be
 of x's dtype: tests/kernels/test_gemv_int4_kernels.py states the tolerance this gives.
 
 torch's tinygemm (`ops.quant.int4_linear_tinygemm`) is off this path, and the hfma path now beats it at one row
-(70.1 against 77.4 us a Llama-2-7B layer on an H100, docs/benchmarks.md run 44; the fp32 fma path: 95.9). It
+(67.7 against 76.8 us a Llama-2-7B layer on an H100, docs/benchmarks.md run 48; the fp32 fma path: 95.8). It
 reads a repacked second copy of the weight, made on first use, after the KV cache has taken the free memory; as
 a tuner plan it made `bench --quantization int4_awq` fail every plan at 4 rows after the batch-256 CUDA graphs
 (run 19). These kernels take every shape it takes; what they cannot take (K % 8 != 0, a group size without a
