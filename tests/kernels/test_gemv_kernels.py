@@ -93,10 +93,10 @@ def test_split_k_interpreted_last_split_sums_and_rearms_its_counts(interpreted, 
     plan = gemv.Plan(**SMALL_PLANS[plan])
     first = gemv.gemv(x, weight, bias, plan=plan)
     assert_matches(first, _fp32_reference(x, weight, bias))
-    assert not gemv.split_counts(x.device, 1).any()
+    assert not gemv.split_counts(x.device).any()
     assert torch.equal(gemv.gemv(x, weight, bias, plan=plan), first)
     with pytest.raises(ValueError, match="larger BLOCK_N"):
-        gemv.split_counts(x.device, gemv.SPLIT_COUNTS + 1)
+        gemv.split_k_buffers(first.view(-1, 40), 2, gemv.SPLIT_COUNTS + 1)
 
 
 def test_linear_interpreted_falls_back_to_f_linear(interpreted):
@@ -220,7 +220,7 @@ def test_split_k_gpu_is_deterministic_across_launches(gemv_gpu, path):
     first = gemv_gpu.gemv(x, weight, plan=plan)
     outs = [gemv_gpu.gemv(x, weight, plan=plan) for _ in range(200)]
     assert all(torch.equal(out, first) for out in outs)
-    assert not gemv_gpu.split_counts(x.device, 1).any()
+    assert not gemv_gpu.split_counts(x.device).any()
 
 
 @pytest.mark.gpu

@@ -613,7 +613,6 @@ def _launch(
     if plan.path == "fma" and m > 4:
         raise ValueError(f"the fma path takes at most 4 rows, got {m}: use a dot plan (CANDIDATES[{row_bucket(m)}])")
     k_per_split, splits = split_k(k, plan)
-    ws = split_k_workspace(y2, splits)
     b = bias if bias is not None else y2
     programs = triton.cdiv(n, plan.block_n)
     fp8, int4 = isinstance(quant, Fp8Scales), isinstance(quant, Int4Weights)
@@ -638,7 +637,7 @@ def _launch(
         meta.update(w_scale_ptr=quant.scales, stride_w_scale=quant.scales.stride(0), GROUP_SIZE=quant.group_size)
         if quant.zeros is not None:
             meta.update(w_zero_ptr=quant.zeros, HAS_ZEROS=True)
-    counts = split_counts(x2.device, programs) if splits > 1 else ws  # unread without splits
+    ws, counts = split_k_buffers(y2, splits, programs)
     _KERNELS[plan.path][(programs, splits)](
         x2, weight, b, y2, ws, counts, m, n, k, x2.stride(0), weight.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, EVEN_K=k % plan.block_k == 0,
@@ -655,26 +654,25 @@ def split_k(k: int, plan: Plan, max_tiles: int | None = None) -> tuple[int, int]
     return k_per_split, triton.cdiv(k, k_per_split)
 
 
-def split_k_workspace(y2: Tensor, splits: int) -> Tensor:
-    """The fp32 partials [splits, M, N] the programs of a split-K GEMV write (y2 itself, unused, without splits)."""
-    return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device) if splits > 1 else y2
-
-
 SPLIT_COUNTS = 1 << 20  # output tiles a split-K launch may have (4 MiB of counts a device)
 
 
 @functools.cache
-def _split_counts(device: torch.device) -> Tensor:
+def split_counts(device: torch.device) -> Tensor:
+    """The arrival counts of split-K launches on `device`, one per output tile (program along grid axis 0), for
+    `_reduce_if_last`: zero before every launch, as each launch's last programs re-arm them. One buffer per
+    device, shared by the GEMVs, which run in stream order (a PDL launch counts only after its wait)."""
     return torch.zeros(SPLIT_COUNTS, dtype=torch.int32, device=device)
 
 
-def split_counts(device: torch.device, tiles: int) -> Tensor:
-    """The arrival counts of a split-K launch of `tiles` output tiles (programs along grid axis 0), one per tile,
-    for `_reduce_if_last`: zero before every launch, as each launch's last programs re-arm them. One buffer per
-    device, shared by the GEMVs, which run in stream order (a PDL launch counts only after its wait)."""
+def split_k_buffers(y2: Tensor, splits: int, tiles: int) -> tuple[Tensor, Tensor]:
+    """(the fp32 partials [splits, M, N], the arrival counts) of a split-K GEMV of `tiles` output tiles; without
+    splits, y2 twice (the kernel reads neither)."""
+    if splits == 1:
+        return y2, y2
     if tiles > SPLIT_COUNTS:
         raise ValueError(f"a split-K GEMV of {tiles} output tiles: at most {SPLIT_COUNTS}, take a larger BLOCK_N")
-    return _split_counts(device)
+    return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device), split_counts(y2.device)
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:

@@ -463,10 +463,9 @@ def _launch_hfma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | No
         raise ValueError(f"{plan}: BLOCK_K must be a multiple of {sub_k} (group size {int4.group_size})")
     x_row = x2[0] if x2.storage_offset() % 2 == 0 else x2[0].clone()  # int32 words must be 4-byte aligned
     k_per_split, splits = gemv.split_k(k, plan, HFMA_MAX_TILES)
-    ws = gemv.split_k_workspace(y2, splits)
     zeros = int4.zeros if int4.zeros is not None else int4.scales  # unread without HAS_ZEROS
     programs = triton.cdiv(n, plan.block_n)
-    counts = gemv.split_counts(x2.device, programs) if splits > 1 else ws  # unread without splits
+    ws, counts = gemv.split_k_buffers(y2, splits, programs)
     _int4_hfma_kernel[(programs, splits)](
         x_row.view(torch.int32), words, bias if bias is not None else y2, y2, ws, counts, n, k, words.stride(0),
         k_per_split, int4.scales, zeros, int4.scales.stride(0), HAS_BIAS=bias is not None, SPLIT=splits > 1,
