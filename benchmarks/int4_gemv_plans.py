@@ -4,9 +4,10 @@
 
 Each plan is timed as the tuner times it (kernels/tuning.py: replayed from a CUDA graph after an L2 sweep), one
 GEMM of one bf16 row a graph, over an AWQ-shaped weight (group 128, zero points). Plans: `kernels/int4_gemv`'s
-one-row candidates (hfma: fp16 math on CUDA cores; dot: tensor cores; fma: fp32 CUDA-core math), and
-"tinygemm" (`ops.quant.int4_linear_tinygemm`, over its repacked copy of the weight). TB/s counts the packed
-weight with its scales and zero points. Each path's result is also compared with the op's reference.
+one-row candidates (mma: int4_gemv_mma.cu on the tensor cores; hfma: fp16 math on CUDA cores; dot: tensor cores
+from Triton; fma: fp32 CUDA-core math), and "tinygemm" (`ops.quant.int4_linear_tinygemm`, over its repacked copy
+of the weight). TB/s counts the packed weight with its scales and zero points. Each path's result is also
+compared with the op's reference.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
             plan = next(p for p in plans if str(p) == plan_name)
             error = (run_plan(args, plan).float() - reference).abs().max().item()
             print(f"| {plan_name} | {us:.1f} | {size / us / 1e6:.2f} | {error:.2e} |")
-        for path in ("hfma", "dot", "fma", TINYGEMM):
+        for path in ("hfma", "mma", "dot", "fma", TINYGEMM):
             path_us = [us for plan, us in times.items() if plan.startswith(path)]
             if path_us:
                 best[path] = best.get(path, 0.0) + min(path_us)

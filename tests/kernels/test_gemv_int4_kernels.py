@@ -15,6 +15,8 @@ tests/quantization/test_quant_gpu.py bound that with GPU_RTOL.
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -48,11 +50,14 @@ def _float64_reference(x, packed, scales, zeros, group_size, bias, rounds_weight
 # The hfma path (one row) multiplies and sums in fp16: each word's eight products and each tile's addition to its
 # accumulator round to fp16 (2^-11 of the partial sum), which leaves up to about four fp16 ulps at the output's
 # magnitude (~2e-3 measured at K = 4096, 8 tiles a split). For a bf16 output that is half an ulp, within one.
+# The mma path sums x (1024 + q) in fp32 and takes (1024 + z) sum(x) off a group's sum (bf16 x: 128): the
+# cancellation leaves 2^-24 * 1032 * sum |x| of each group, ~1e-4 of a ~N(0, 1) output here; in bf16 far below
+# an ulp, in fp16 within this tolerance too.
 HFMA_FP16_TOLERANCE = (4e-3, 4e-3)
 
 
 def _assert_plan_matches(assert_matches, plan, out, expected) -> None:
-    if plan.path == "hfma" and out.dtype == torch.float16:
+    if plan.path in ("hfma", "mma") and out.dtype == torch.float16:
         torch.testing.assert_close(out.cpu(), expected.cpu(), atol=HFMA_FP16_TOLERANCE[0], rtol=HFMA_FP16_TOLERANCE[1])
     else:
         assert_matches(out, expected)
@@ -181,6 +186,27 @@ def test_hfma_kernel_compiles_its_inline_ptx_for_sm90(sm90_ptx):
         assert (count["0f3D800000"] > 0, count["0x2C002C00"] > 0) == (bf16, not bf16), (variant, count)
 
 
+def test_mma_kernel_compiles_for_sm90_without_spills(interpreted):
+    """int4_gemv_mma.cu cannot run here (it is CUDA, not Triton): compile each one-row mma plan's instance, for
+    both x dtypes, with the CUDA toolkit's nvcc for sm_90 and read ptxas's report. The GPU tests run them."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("no CUDA toolkit here (nvcc): the GPU tests compile the kernel with NVRTC")
+    int4_gemv = interpreted("int4_gemv")
+    plans = [plan for plan in int4_gemv.candidates(1, 128) if plan.path == "mma"]
+    names = [
+        int4_gemv.mma_kernel_name(x_dtype, torch.bfloat16, True, True, 128, plan, pdl_on=True)
+        for plan in plans
+        for x_dtype in (torch.bfloat16, torch.float16)
+    ]
+    kept = ", ".join(f"(void*)&{name}" for name in names)  # a host reference instantiates each
+    source = int4_gemv._MMA_SOURCE.read_text() + f"\nstatic void* const kept[] = {{{kept}}};\n"
+    command = ["nvcc", "-arch=sm_90", "-std=c++17", "-cubin", "-o", "/dev/null", "-Xptxas", "-v", "-x", "cu", "-"]
+    done = subprocess.run(command, input=source, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("Compiling entry function") == len(names) == 2 * len(plans) > 0
+    assert done.stderr.count("0 bytes spill stores, 0 bytes spill loads") == len(names), done.stderr
+
+
 # ---------------------------------------------------------------- GPU: Llama-2-7B shapes
 
 
@@ -213,6 +239,29 @@ def test_every_int4_candidate_plan_gpu(int4_gpu, assert_matches, m):
     for plan in int4_gpu.candidates(m, 64):
         out = int4_gpu.int4_linear(*args, plan=plan)
         _assert_plan_matches(assert_matches, plan, out, expected[_rounds_weights(plan)])
+
+
+MMA_OPERANDS = {  # x dtype, scales' dtype, zero points, bias, group size, N (a partial row block or not), K
+    "bf16_bf16_scales_zeros_bias": (torch.bfloat16, torch.bfloat16, True, True, 128, 4100, 4096),
+    "fp16_fp32_scales_symmetric_g256": (torch.float16, torch.float32, False, False, 256, 1000, 11008),
+    "fp16_fp16_scales_zeros_bias": (torch.float16, torch.float16, True, True, 128, 12288, 4096),
+    "bf16_fp32_scales_symmetric": (torch.bfloat16, torch.float32, False, False, 128, 4096, 11008),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(MMA_OPERANDS))
+def test_every_mma_plan_gpu(int4_gpu, assert_matches, case):
+    """int4_gemv_mma.cu's plans (one row, on the tensor cores) against the exact dequantized weight."""
+    x_dtype, scale_dtype, zero_point, bias, group_size, n, k = MMA_OPERANDS[case]
+    x, packed, scales, zeros, _, b = _operands(1, n, k, group_size, zero_point, x_dtype, "cuda", bias=bias)
+    scales, zeros = scales.to(scale_dtype), zeros.to(scale_dtype) if zeros is not None else None
+    expected = _float64_reference(x, packed, scales, zeros, group_size, b, rounds_weights=False)
+    plans = [plan for plan in int4_gpu.candidates(1, group_size) if plan.path == "mma"]
+    assert plans
+    for plan in plans:
+        out = int4_gpu.int4_linear(x, packed, scales, zeros, group_size, b, plan=plan)
+        _assert_plan_matches(assert_matches, plan, out, expected)
 
 
 @pytest.mark.gpu

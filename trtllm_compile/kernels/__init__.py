@@ -1,4 +1,5 @@
-"""Triton kernels of the `cuda` execution target, one file per op family.
+"""Triton kernels of the `cuda` execution target, one file per op family, and CUDA C++ ones (`*.cu`, compiled
+by NVRTC on first use: nvrtc.py).
 
 `register_cuda_kernels()` makes them the CUDA implementations of the `trtllm::*` ops (whose bodies stay the
 PyTorch references used on CPU). Triton is imported lazily, by the kernel modules, so importing this package

@@ -419,7 +419,7 @@ class Plan:
     """How one skinny GEMM runs: inner-product path, tile, K splits, warps, pipeline stages, and (dot path) the
     x rows a program takes."""
 
-    path: str  # "fma" | "dot" | "cublas" | "hfma" (INT4, one row: kernels/int4_gemv.py)
+    path: str  # "fma" | "dot" | "cublas" | "hfma" | "mma" (INT4, one row: kernels/int4_gemv.py)
     block_n: int
     block_k: int
     split_k: int = 1

@@ -3,9 +3,17 @@
 The weight is read in the op's own format, with no repacked copy: [N, K / 2] uint8, element 2i in the low
 nibble of byte i and 2i + 1 in the high one, which read as little-endian int32 is [N, K / 8] words holding
 elements 8i..8i + 7 in bits 4j..4j + 3. Scales and integer zero points are per row and group of `group_size`
-along K (no zero points: 8). One row (batch-1 decode) has its own kernel here, the hfma path; the others are
-gemv.py's, given `gemv.Int4Weights` (with its launcher, its split-K reduction in the kernel, and
+along K (no zero points: 8). One row (batch-1 decode) has two kernels of its own here, the mma and hfma paths;
+the others are gemv.py's, given `gemv.Int4Weights` (with its launcher, its split-K reduction in the kernel, and
 kernels/tuning.py's plan tuner):
+
+- mma path (one row, groups and K of whole 128s; `int4_gemv_mma.cu`, CUDA C++ through kernels/nvrtc.py): the
+  tensor cores take each lane's codes in the operand slots it holds, as loaded, with x in the matching slots
+  of every column of B (a GEMV's sum does not care in which order K is taken), so no shuffle, no shared
+  memory and no conversion of x; 7 instructions a word (3 shifts, 4 LOP3 into bf16 / fp16 magic numbers) and
+  one MMA, the magic and zero point taken off once a group with an MMA of x against ones. Sums are fp32.
+  Triton cannot place operands in MMA fragments from registers loaded this way. The fastest one-row path on an
+  H100: 48.6 us a Llama-2-7B layer against hfma's 62.1 (docs/benchmarks.md run 52, 8 back-to-back launches).
 
 - hfma path (one row, `_int4_hfma_kernel`, the default there): fp16 math on CUDA cores in inline PTX, 14
   instructions per word of eight weights (`_hfma_words`: the magic-number dequantization of LOP3 into fp16
@@ -39,7 +47,7 @@ The reference instead rounds each dequantized weight (q - z) * s to x's dtype be
 `DEQUANTIZE_CUBLAS` and the dot path's GEMM tiles, identically), which moves each product by up to one ulp
 of x's dtype: tests/kernels/test_gemv_int4_kernels.py states the tolerance this gives.
 
-torch's tinygemm (`ops.quant.int4_linear_tinygemm`) is off this path, and the hfma path now beats it at one row
+torch's tinygemm (`ops.quant.int4_linear_tinygemm`) is off this path, and the hfma path beats it at one row
 (67.7 against 76.8 us a Llama-2-7B layer on an H100, docs/benchmarks.md run 48; the fp32 fma path: 95.8). It
 reads a repacked second copy of the weight, made on first use, after the KV cache has taken the free memory; as
 a tuner plan it made `bench --quantization int4_awq` fail every plan at 4 rows after the batch-256 CUDA graphs
@@ -50,13 +58,14 @@ factor of 16, fp32 activations) runs the op's PyTorch reference.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import gemv, is_interpreted, pdl, tuning
+from trtllm_compile.kernels import gemv, is_interpreted, nvrtc, pdl, tuning
 from trtllm_compile.kernels.gemv import CUBLAS, HALF_DTYPES, Int4Weights, Plan, dot_plan, fma_plan, int4_codes, w_tile
 
 # Dequantize the weight to x's dtype in a Triton kernel, then cuBLAS (a plan of the INT4 candidates).
@@ -96,6 +105,25 @@ _HFMA_PLANS = [
     hfma_plan(16, block_k=512, split_k=1, num_warps=1, num_stages=1),
     hfma_plan(32, block_k=512, split_k=4, num_warps=2, num_stages=1),
 ]
+
+
+def mma_plan(row_blocks: int, steps: int, num_warps: int, prefetch: bool = False) -> Plan:
+    """A plan of `int4_gemv_mma.cu`: warps of `row_blocks` 16-row blocks, `steps` K steps of MMA_K_STEP a turn (and
+    with `prefetch` the next turn's loads in flight during its math: two stages)."""
+    return Plan("mma", 16 * row_blocks, MMA_K_STEP * steps, num_warps=num_warps, num_stages=2 if prefetch else 1)
+
+
+MMA_K_STEP = 128  # int4_gemv_mma.cu's K_STEP: the group size must be a multiple, and K
+# One row on the tensor cores (`_launch_mma`): the fastest of 26 at each Llama-2-7B GEMM on an H100, each GEMM
+# timed as 8 back-to-back launches (docs/benchmarks.md run 52): 16 to 32 rows a block, 4 to 16 warps taking
+# turns along K, 128 to 256 bytes of each row a turn.
+_MMA_PLANS = [
+    mma_plan(2, 2, 4),
+    mma_plan(1, 1, 8, prefetch=True),
+    mma_plan(2, 1, 16),
+    mma_plan(1, 2, 8),
+    mma_plan(2, 1, 4, prefetch=True),
+]
 _FMA_PLANS = [  # up to 4 rows; 128-row tiles only for one row (two or more spill registers)
     fma_plan(64, 128, num_warps=8, num_stages=2),
     fma_plan(64, 128, num_stages=2),
@@ -108,7 +136,7 @@ _GEMM_128 = [
     dot_plan(256, 64, block_m=128, num_warps=8, num_stages=3),
 ]
 INT4_CANDIDATES: dict[int, list[Plan]] = {
-    1: [*_HFMA_PLANS, *_DOT_PLANS, *_FMA_PLANS, fma_plan(128, 128, num_stages=2)],
+    1: [*_HFMA_PLANS, *_MMA_PLANS, *_DOT_PLANS, *_FMA_PLANS, fma_plan(128, 128, num_stages=2)],
     2: [*_DOT_PLANS, *_FMA_PLANS],
     4: [*_DOT_PLANS, *_FMA_PLANS],
     8: _DOT_PLANS,
@@ -145,16 +173,18 @@ def supports(
 def fit(plan: Plan, group_size: int) -> Plan:
     """`plan` with BLOCK_K cut to the largest power of two dividing the group size, if larger (a tile lies in
     one group), but for hfma plans (their tiles are sub-tiles of one group each)."""
-    if plan.path == "hfma":
+    if plan.path in ("hfma", "mma"):
         return plan
     block_k = min(plan.block_k, group_size & -group_size)
     return dataclasses.replace(plan, block_k=block_k) if block_k != plan.block_k else plan
 
 
 def candidates(rows: int, group_size: int) -> list[Plan]:
-    """The plans for `rows` rows (`INT4_CANDIDATES`), fitted to the group size, without repeats."""
+    """The plans for `rows` rows (`INT4_CANDIDATES`), fitted to the group size, without repeats; mma plans only
+    for groups of whole K steps."""
     bucket = min(gemv.row_bucket(rows), _LARGEST_BUCKET)
-    return list(dict.fromkeys(fit(plan, group_size) for plan in INT4_CANDIDATES[bucket]))
+    plans = [p for p in INT4_CANDIDATES[bucket] if p.path != "mma" or group_size % MMA_K_STEP == 0]
+    return list(dict.fromkeys(fit(plan, group_size) for plan in plans))
 
 
 @triton.jit
@@ -476,11 +506,52 @@ def _launch_hfma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | No
     )  # fmt: skip
 
 
+_MMA_SOURCE = Path(__file__).with_name("int4_gemv_mma.cu")
+_SCALE_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # int4_gemv_mma.cu's load_value
+
+
+def mma_kernel_name(
+    x_dtype: torch.dtype,
+    scale_dtype: torch.dtype,
+    has_zeros: bool,
+    has_bias: bool,
+    group_size: int,
+    plan: Plan,
+    pdl_on: bool,
+) -> str:
+    """The instance of int4_gemv_mma.cu's kernel template that runs `plan` for these operands."""
+    flags = [x_dtype == torch.float16, _SCALE_KINDS[scale_dtype], has_zeros, has_bias, group_size // MMA_K_STEP]
+    tile = [plan.block_n // 16, plan.block_k // MMA_K_STEP, plan.num_warps, plan.num_stages > 1, pdl_on]
+    return "int4_mma_gemv<" + ", ".join(str(v).lower() for v in flags + tile) + ">"
+
+
+def _launch_mma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
+    (m, k), n = x2.shape, words.shape[0]
+    scales, zeros = int4.scales, int4.zeros
+    if m != 1 or INTERPRETED:
+        raise ValueError(f"the mma path takes one row on a GPU, got {m} (use an hfma or dot plan)")
+    if k % MMA_K_STEP or int4.group_size % MMA_K_STEP:
+        raise ValueError(f"the mma path takes K and groups of whole {MMA_K_STEP}s, got {k} and {int4.group_size}")
+    if scales.dtype not in _SCALE_KINDS or (zeros is not None and zeros.dtype != scales.dtype):
+        raise ValueError(f"the mma path takes scales and zero points of one float dtype, got {scales.dtype}")
+    if words.stride(0) % 4 or words.data_ptr() % 16:
+        raise ValueError("the mma path reads weight rows 16 bytes at a time: rows must start 16-byte aligned")
+    x_row = x2[0] if x2.data_ptr() % 16 == 0 else x2[0].clone()  # read 16 bytes at a time
+    pdl_on = pdl.enabled(x2.device)
+    name = mma_kernel_name(x2.dtype, scales.dtype, zeros is not None, bias is not None, int4.group_size, plan, pdl_on)
+    args = [x_row, words, scales, zeros if zeros is not None else scales, bias if bias is not None else y2, y2]
+    args += [n, k, words.stride(0) // 4, scales.stride(0)]
+    compiled = nvrtc.kernel(_MMA_SOURCE, name, x2.device)
+    nvrtc.launch(compiled, (triton.cdiv(n, plan.block_n),), 32 * plan.num_warps, args, x2.device, pdl_on)
+
+
 def _run(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
     if plan.path == "cublas":  # DEQUANTIZE_CUBLAS
         gemv._launch(x2, dequantize(words, int4, x2.dtype), bias, y2, CUBLAS)
     elif plan.path == "hfma":
         _launch_hfma(x2, words, int4, bias, y2, plan)
+    elif plan.path == "mma":
+        _launch_mma(x2, words, int4, bias, y2, plan)
     else:
         gemv._launch(x2, words, bias, y2, plan, int4)
 
