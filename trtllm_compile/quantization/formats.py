@@ -105,7 +105,7 @@ def quantize_weight(
     row_splits: output rows of each original weight when `weight` concatenates several (fused Q/K/V): per-tensor
         weight scales are then computed per part and expanded to one scale per row.
     """
-    weight = weight.detach().float()
+    dtype, weight = weight.dtype, weight.detach().float()
     if config.format == "fp8":
         per_tensor = config.weight_scales == "tensor"
         scale = _row_scales(weight, FP8_MAX, (row_splits or [weight.shape[0]]) if per_tensor else None)
@@ -121,6 +121,11 @@ def quantize_weight(
         return QuantizedWeight("int8_linear", quantized, scale, input_scale=input_scale)
     if config.is_int4:
         codes, scales, zeros = int4_codes(weight, config.group_size, config.zero_point)
+        if dtype in (torch.float16, torch.bfloat16):
+            # A half-precision model keeps its group scales and zero points (0..15, exact) in its dtype, as AWQ
+            # checkpoints do: the GPU GEMV reads 4 bytes a group and row, not 8, and TensorRT's block-scaled DQ
+            # rounds the scales so anyway.
+            scales, zeros = scales.to(dtype), zeros.to(dtype) if zeros is not None else None
         packed = pack_int4(codes)
         return QuantizedWeight("int4_linear", packed, scales, zeros=zeros, group_size=config.group_size)
     raise ValueError(f"no weight quantization for format {config.format!r}")
