@@ -108,6 +108,19 @@ def test_quantize_weight_error_is_what_the_format_allows(fmt, bound):
     assert ((dequantized - w).norm() / w.norm()).item() <= bound
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_int4_group_scales_and_zero_points_are_kept_in_the_models_dtype(dtype):
+    """A half-precision model's INT4 groups keep scales and zero points in its dtype (the GPU GEMV reads half the
+    bytes): the fp32 grid rounded once, the codes unchanged; the weight may come as fp32 (the passes upcast it)."""
+    w = torch.randn(32, 256)
+    config = QuantConfig.from_name("int4_rtn")
+    full = quantize_weight(config, w, None)
+    q = quantize_weight(config, w, None, dtype=dtype)
+    assert q.weight_scale.dtype == q.zeros.dtype == dtype and torch.equal(q.weight, full.weight)
+    assert torch.equal(q.weight_scale, full.weight_scale.to(dtype)) and torch.equal(q.zeros.float(), full.zeros)
+    assert quantize_weight(config, w.to(dtype), None).weight_scale.dtype == dtype  # by default the weight's
+
+
 def test_per_tensor_scales_of_concatenated_weights_stay_per_part():
     """A fused Q/K/V weight quantized per tensor keeps one scale per original weight, repeated per row."""
     parts = [torch.randn(8, 32) * s for s in (1.0, 0.1, 3.0)]

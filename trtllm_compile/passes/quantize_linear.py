@@ -216,7 +216,7 @@ def _replace(
 ) -> None:
     bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
     splits = row_splits(linear) if fused else None
-    quantized = quantize_weight(config, weight, amax, row_splits=splits)
+    quantized = quantize_weight(config, weight, amax, row_splits=splits, dtype=val(linear).dtype)
     name = linear.args[1].target
     tensors = [
         insert_constant(gm, quantized.weight, f"{name}_q"),

@@ -223,7 +223,7 @@ def quantize_linears(model: nn.Module, config: QuantConfig, calibration: Calibra
                 continue
             weight = linear.weight if plan.multiplier is None else linear.weight * plan.scale.to(linear.weight.dtype)
             weight = prepare_weight(config, weight, calibration.inputs[key], plan.scale)
-            quantized = quantize_weight(config, weight, plan.input_amax)
+            quantized = quantize_weight(config, weight, plan.input_amax, dtype=linear.weight.dtype)
             bias = linear.bias.detach().clone() if linear.bias is not None else None
             swapped = QuantLinear(linear.in_features, linear.out_features, quantized, bias, plan.multiplier)
             _swap(model, name, swapped)

@@ -97,15 +97,21 @@ def fake_quantize_int4(weight: Tensor, group_size: int, zero_point: bool, clip: 
 
 
 def quantize_weight(
-    config: QuantConfig, weight: Tensor, input_amax: float | None, row_splits: list[int] | None = None
+    config: QuantConfig,
+    weight: Tensor,
+    input_amax: float | None,
+    row_splits: list[int] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> QuantizedWeight:
     """Quantize one [N, K] weight for `config.format`.
 
     input_amax: the calibrated max |x| of the (smoothed) input, for static activation scales.
     row_splits: output rows of each original weight when `weight` concatenates several (fused Q/K/V): per-tensor
         weight scales are then computed per part and expanded to one scale per row.
+    dtype: the model's (default: the weight's); a half-precision model keeps its INT4 group scales and zero points in
+        it.
     """
-    dtype, weight = weight.dtype, weight.detach().float()
+    dtype, weight = dtype or weight.dtype, weight.detach().float()
     if config.format == "fp8":
         per_tensor = config.weight_scales == "tensor"
         scale = _row_scales(weight, FP8_MAX, (row_splits or [weight.shape[0]]) if per_tensor else None)
