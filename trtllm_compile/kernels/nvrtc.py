@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
@@ -36,8 +39,22 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
 @functools.cache
 def kernel(source: Path, name: str, device: torch.device):
     """The kernel `name` (a template instance: "f<true, 2>") of the CUDA file `source`, compiled for `device`."""
-    with torch.cuda.device(device):
-        return torch.cuda._compile_kernel(source.read_text(), name, nvcc_options=["-std=c++17"])
+    try:
+        with torch.cuda.device(device):
+            return torch.cuda._compile_kernel(source.read_text(), name, nvcc_options=["-std=c++17"])
+    except Exception as error:  # the plans' tuner skips what fails: say so once, with the fix
+        _warn_uncompiled(source, f"{type(error).__name__}: {error}")
+        raise RuntimeError(f"NVRTC could not compile {name} from {source.name}: {error}") from error
+
+
+@functools.cache
+def _warn_uncompiled(source: Path, error: str) -> None:
+    logger.warning(
+        "the CUDA kernels of %s do not compile here (%s), so their plans are skipped and slower ones run. NVRTC "
+        "needs the CUDA headers torch finds through CUDA_HOME: install the CUDA toolkit of torch's CUDA version.",
+        source.name,
+        error[:300],
+    )
 
 
 def launch(compiled, grid: tuple[int, ...], block: int, args: list, device: torch.device, pdl: bool) -> None:
