@@ -150,6 +150,12 @@ def test_int4_supports_and_plan_fitting(interpreted):
     assert int4_gemv.fit(hfma, 64) == hfma  # sub-tiles of 64 in one tile
     with pytest.raises(ValueError, match="the hfma path takes one row"):
         int4_gemv.int4_linear(x, packed, scales, zeros, group_size, plan=hfma)
+    mma = int4_gemv.mma_plan(1, 1, 8)
+    assert int4_gemv.fit(mma, 128) == mma and mma not in int4_gemv.candidates(1, 64)  # groups of whole 128s only
+    with pytest.raises(ValueError, match="the mma path takes one row"):
+        int4_gemv.int4_linear(x, packed, scales, zeros, group_size, plan=mma)
+    with pytest.raises(ValueError, match="Triton's interpreter cannot run"):
+        int4_gemv.int4_linear(x[:1], packed, scales, zeros, group_size, plan=mma)
     with pytest.raises(ValueError, match="BLOCK_K must divide 64"):
         int4_gemv.gemv._launch(x, packed.view(torch.int32), None, x.new_empty(2, 16), int4_gemv.Plan("dot", 16, 128),
                                int4_gemv.Int4Weights(scales, zeros, 64))  # fmt: skip

@@ -172,7 +172,7 @@ def supports(
 
 def fit(plan: Plan, group_size: int) -> Plan:
     """`plan` with BLOCK_K cut to the largest power of two dividing the group size, if larger (a tile lies in
-    one group), but for hfma plans (their tiles are sub-tiles of one group each)."""
+    one group), but for hfma and mma plans (their tiles are sub-tiles of one group each)."""
     if plan.path in ("hfma", "mma"):
         return plan
     block_k = min(plan.block_k, group_size & -group_size)
@@ -528,8 +528,10 @@ def mma_kernel_name(
 def _launch_mma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
     (m, k), n = x2.shape, words.shape[0]
     scales, zeros = int4.scales, int4.zeros
-    if m != 1 or INTERPRETED:
-        raise ValueError(f"the mma path takes one row on a GPU, got {m} (use an hfma or dot plan)")
+    if m != 1:
+        raise ValueError(f"the mma path takes one row, got {m}: use a dot plan (INT4_CANDIDATES)")
+    if INTERPRETED:
+        raise ValueError("the mma path is CUDA C++, which Triton's interpreter cannot run: use an hfma plan")
     if k % MMA_K_STEP or int4.group_size % MMA_K_STEP:
         raise ValueError(f"the mma path takes K and groups of whole {MMA_K_STEP}s, got {k} and {int4.group_size}")
     if scales.dtype not in _SCALE_KINDS or (zeros is not None and zeros.dtype != scales.dtype):
