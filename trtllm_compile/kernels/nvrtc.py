@@ -57,6 +57,12 @@ def _warn_uncompiled(source: Path, error: str) -> None:
     )
 
 
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    """The CUDA driver library, opened once (torch's helper opens it anew on every call)."""
+    return torch.cuda._utils._get_gpu_runtime_library()
+
+
 def launch(compiled, grid: tuple[int, ...], block: int, args: list, device: torch.device, pdl: bool) -> None:
     """Launch a `kernel` on `device`'s current stream: grid (up to 3 dims) of `block` threads; `args` tensors (as
     pointers) and ints; with `pdl`, programmatically dependent on the kernel before it."""
@@ -66,7 +72,6 @@ def launch(compiled, grid: tuple[int, ...], block: int, args: list, device: torc
     grid = (*grid, 1, 1)[:3]
     config = _LaunchConfig(*grid, block, 1, 1, 0, torch.cuda.current_stream(device).cuda_stream)
     config.attrs, config.num_attrs = ctypes.pointer(attribute), int(pdl)
-    driver = torch.cuda._utils._get_gpu_runtime_library()
-    result = driver.cuLaunchKernelEx(ctypes.byref(config), compiled.func, params, None)
+    result = _driver().cuLaunchKernelEx(ctypes.byref(config), compiled.func, params, None)
     if result != 0:
         raise RuntimeError(f"cuLaunchKernelEx failed with CUDA error {result}")
