@@ -3,7 +3,7 @@
 `x` is viewed as [A0, A1, A2, D] ([B, H, S, D] or [B, S, H, D]); cos/sin are expanded to x[..., :R]'s shape
 so their broadcast dims get stride 0 and one kernel serves every layout. A program rotates BLOCK_ROWS rows.
 Each product and the sum are rounded to the promoted dtype of (x, cos, sin), as eager PyTorch does in
-`trtllm::rope`, so bf16 results match the reference to the bit on the GPU.
+`trtllm::rope`, so results equal the reference's to the bit (see `rotate`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ _CONFIGS = [triton.Config({"BLOCK_ROWS": r}, num_warps=w) for r, w in ((4, 4), (
 def _round(v, COMPUTE_DTYPE: tl.constexpr):
     # Round an fp32 value to the dtype eager PyTorch computes in (a no-op for fp32).
     return v.to(COMPUTE_DTYPE).to(tl.float32)
+
+
+@triton.jit
+def rotate(x, partner, cos, sin, sign, COMPUTE_DTYPE: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """x * cos + rotate(x) * sin (fp32 inputs), where rotate(x) is sign * partner: -1 at the first feature of a
+    rotated pair, +1 at the second. The products and the sum are rounded as eager rounds them, then cast to
+    OUT_DTYPE. Kernels that call it compile without FP fusion (`enable_fp_fusion=False`): with it, LLVM narrows
+    the fp32 ops to bf16 ones and fuses a product into the sum, skipping its rounding, and results then differed
+    from eager's in the last bit."""
+    out = _round(x * cos, COMPUTE_DTYPE) + sign * _round(partner * sin, COMPUTE_DTYPE)
+    return out.to(COMPUTE_DTYPE).to(OUT_DTYPE)
 
 
 @triton.jit
@@ -76,12 +87,9 @@ def _rope_kernel(
     c2 = tl.load(cos_ptr + c_row + second, mask=mask, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + s_row + first, mask=mask, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + s_row + second, mask=mask, other=0.0).to(tl.float32)
-    # x * cos + rotate(x) * sin, where rotate(x) is (-x2, x1) at (first, second).
-    o1 = _round(x1 * c1, COMPUTE_DTYPE) - _round(x2 * s1, COMPUTE_DTYPE)
-    o2 = _round(x2 * c2, COMPUTE_DTYPE) + _round(x1 * s2, COMPUTE_DTYPE)
     out_ty = out_ptr.dtype.element_ty
-    tl.store(out_ptr + o_row + first, o1.to(COMPUTE_DTYPE).to(out_ty), mask=mask)
-    tl.store(out_ptr + o_row + second, o2.to(COMPUTE_DTYPE).to(out_ty), mask=mask)
+    tl.store(out_ptr + o_row + first, rotate(x1, x2, c1, s1, -1.0, COMPUTE_DTYPE, out_ty), mask=mask)
+    tl.store(out_ptr + o_row + second, rotate(x2, x1, c2, s2, 1.0, COMPUTE_DTYPE, out_ty), mask=mask)
 
     if HEAD_DIM > 2 * HALF:  # partial rotary: the remaining features pass through
         p = 2 * HALF + tl.arange(0, BLOCK_P)
@@ -140,6 +148,7 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
         COMPUTE_DTYPE=tl_dtype(compute),
         BLOCK_H=triton.next_power_of_2(max(half, 1)),
         BLOCK_P=triton.next_power_of_2(max(head_dim - rotary_dim, 1)),
+        enable_fp_fusion=False,
         **pdl.launch_args(x.device),
     )
     return out
