@@ -17,6 +17,7 @@ def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_quantize_shard_t
         (Stage.QUANTIZE, "quantize_kv_cache"),
         (Stage.SHARD, "shard_tensor_parallel"),
         (Stage.CACHE, "insert_paged_attention"),
+        (Stage.CACHE, "fold_rope_into_paged_attention"),
         (Stage.CACHE, "select_logits"),
         (Stage.CACHE, "insert_kv_cache_tensorrt"),
         (Stage.LOWER, "lower_linear"),

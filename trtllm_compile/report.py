@@ -60,6 +60,8 @@ class CompileReport:
             family = family_of(node.target)
             if family is not None:
                 matches[family] += 1
+                if node.kwargs.get("cos") is not None:  # fold_rope_into_paged_attention: q's and k's ropes
+                    matches["rope"] += 2
             elif node.target in _UNFUSED_SIGNS:
                 family, reason = _UNFUSED_SIGNS[node.target]
                 fallbacks.append(Fallback(node.name, op_name(node), family, reason))

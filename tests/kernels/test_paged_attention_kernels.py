@@ -67,6 +67,48 @@ def test_paged_decode_interpreted_strided_q_and_out(interpreted, assert_matches)
     assert_matches(out, attn.paged_decode_attention_reference(q, *rest, scale), "attention")
 
 
+def step_kv_case(q, k_cache, tables, lens, rotary):
+    """The decode rows' own K/V (position lens[n] - 1 of each sequence) with their slots, and cos / sin [N, R]
+    rows when `rotary` is (R, interleaved)."""
+    from trtllm_compile.kernels.paged_attention import StepKV
+
+    gen = torch.Generator().manual_seed(1)
+    page, kv_heads, head_dim = k_cache.shape[1:]
+    positions = (lens - 1).long().cpu()
+    slots = tables.long().cpu().gather(1, (positions // page)[:, None])[:, 0] * page + positions % page
+    k, v = (torch.randn(len(lens), kv_heads, head_dim, generator=gen).to(q) for _ in range(2))
+    if rotary is None:
+        return StepKV(k, v, slots.to(q.device))
+    width, interleaved = rotary
+    angles = torch.randn(len(lens), width, generator=gen)
+    return StepKV(k, v, slots.to(q.device), angles.cos().to(q), angles.sin().to(q), interleaved)
+
+
+ROTARY = {"no-rope": None, "rotate-half": (16, False), "interleaved-partial": (8, True)}
+
+
+@pytest.mark.parametrize("rotary", ROTARY.values(), ids=ROTARY.keys())
+@pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("q_heads,kv_heads", [(4, 4), (8, 2)], ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_paged_decode_interpreted_writes_and_rotates_the_step(
+    interpreted, assert_matches, dtype, q_heads, kv_heads, splits, rotary
+):
+    """The kernel stores the step's (rotated) K/V in the cache, bit for bit as the reference does, and attends
+    with them and the rotated q. Tokens land mid-page, at a page's end and the start of the next."""
+    attn = interpreted("paged_attention")
+    args, scale = _paged_case([13, 1, 16, 17, 30], q_heads, kv_heads, 16, 8, dtype, "cpu")
+    q, k_cache, v_cache, tables, lens = args
+    step_kv = step_kv_case(q, k_cache, tables, lens, rotary)
+    before = k_cache.clone()
+    caches = k_cache.clone(), v_cache.clone()
+    expected = attn.paged_decode_attention_reference(q, *caches, tables, lens, scale, step_kv=step_kv)
+    actual = attn.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, num_splits=splits, step_kv=step_kv)
+    assert_matches(actual, expected, "attention")
+    assert not torch.equal(caches[0], before)
+    assert torch.equal(k_cache, caches[0]) and torch.equal(v_cache, caches[1])
+
+
 GPU_SHAPES = [  # (q heads, kv heads, head dim, block size): Llama-2-7B, Llama-3-8B, a small MQA model
     (32, 32, 128, 16),
     (32, 8, 128, 32),

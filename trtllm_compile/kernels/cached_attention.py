@@ -1,6 +1,8 @@
 """CUDA implementation of `trtllm.paged_attention`: write the step's K/V into the paged cache, run the Triton
 decode kernel over the single-token rows, and flash attention over each prefill's own tokens (one varlen call
-for all prefills of the step; SDPA per sequence for fp32 or soft-capped models).
+for all prefills of the step; SDPA per sequence for fp32 or soft-capped models). A step of decodes only (every
+CUDA-graph step) is one launch: the decode kernel rotates q and k (when the graph folded RoPE in), writes K/V
+and attends; a step with prefills rotates and writes first, in their own launches.
 
 Contract with the runner (model_runner.py): decode rows come first, and a prefill row starts at position 0,
 so its keys are exactly its own tokens. No host synchronization happens here (sequence boundaries come from
@@ -19,9 +21,10 @@ import torch
 from torch import Tensor
 
 from trtllm_compile.kernels.kv_cache import write_kv_cache
-from trtllm_compile.kernels.paged_attention import paged_decode_attention
+from trtllm_compile.kernels.paged_attention import StepKV, paged_decode_attention
+from trtllm_compile.kernels.rope import rope
 from trtllm_compile.ops.attention import attend
-from trtllm_compile.ops.paged_attention import check_kv_scales
+from trtllm_compile.ops.paged_attention import check_kv_scales, check_rotary
 
 try:  # flash attention over variable-length sequences (torch >= 2.9, CUDA)
     from torch.nn.attention.varlen import varlen_attn
@@ -47,13 +50,23 @@ def paged_attention(
     softcap: float = 0.0,
     k_scale: Tensor | None = None,
     v_scale: Tensor | None = None,
+    cos: Tensor | None = None,
+    sin: Tensor | None = None,
+    interleaved: bool = False,
 ) -> Tensor:
     check_kv_scales(kv_cache, k_scale, v_scale)
     starts = host_query_start_loc.tolist()
     lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
     num_decodes = next((i for i, n in enumerate(lengths) if n != 1), len(lengths))
+    if cos is not None:
+        check_rotary(q, cos, sin)
+    if num_decodes == len(lengths):  # decodes only: the decode kernel rotates, writes the cache and attends
+        return _decode_step(q, k, v, kv_cache, slot_mapping, block_tables, context_lens, layer, scale,
+                            sliding_window, softcap, k_scale, v_scale, cos, sin, interleaved)  # fmt: skip
+    if cos is not None:
+        q, k = rope(q, cos, sin, interleaved), rope(k, cos, sin, interleaved)
     read_back = None
-    if k_scale is not None and num_decodes < len(lengths):  # prefills attend to what the cache holds: fp8_qdq
+    if k_scale is not None:  # prefills attend to what the cache holds: fp8_qdq
         shape = (k.shape[2], k.shape[1], k.shape[3])  # [T, Hkv, D]
         read_back = tuple(torch.empty(shape, dtype=x.dtype, device=x.device) for x in (k, v))
     write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale, read_back)  # quantized with the scales
@@ -76,6 +89,33 @@ def paged_attention(
         )
     if num_decodes < len(lengths):
         _prefill_attention(q, k, v, out, starts[num_decodes:], scale, sliding_window, softcap)
+    return out
+
+
+def _decode_step(
+    q, k, v, kv_cache, slot_mapping, block_tables, context_lens, layer, scale, sliding_window, softcap,
+    k_scale, v_scale, cos, sin, interleaved,
+) -> Tensor:  # fmt: skip
+    """A step of single-token rows: one decode-kernel launch that also writes their K/V (see StepKV)."""
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    num_tokens = q.shape[2]
+    rotary = (cos[0, 0], sin[0, 0]) if cos is not None else (None, None)  # [T, R]
+    rotary = tuple(t if t is None or t.stride(-1) == 1 else t.contiguous() for t in rotary)
+    step_kv = StepKV(_decode_rows(k, num_tokens), _decode_rows(v, num_tokens), slot_mapping, *rotary, interleaved)
+    paged_decode_attention(
+        _decode_rows(q, num_tokens),
+        kv_cache[layer, 0],
+        kv_cache[layer, 1],
+        block_tables[:num_tokens],
+        context_lens[:num_tokens],
+        scale,
+        softcap,
+        sliding_window,
+        out=out[0].transpose(0, 1),
+        k_scale=k_scale,
+        v_scale=v_scale,
+        step_kv=step_kv,
+    )
     return out
 
 

@@ -29,11 +29,44 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import is_interpreted, pdl, plans_fixed
+from trtllm_compile.kernels import is_interpreted, pdl, plans_fixed, tl_dtype
 from trtllm_compile.kernels.activation import tanh
 from trtllm_compile.kernels.pdl import start_next_then_wait
+from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
+from trtllm_compile.kernels.rope import rotate
 from trtllm_compile.kernels.tuning import cached_plan
-from trtllm_compile.ops.paged_attention import load_kv
+from trtllm_compile.ops.paged_attention import load_kv, write_rows
+from trtllm_compile.ops.rope import rope_reference
+
+
+class StepKV(NamedTuple):
+    """The step's own K/V, which the decode kernel writes into the cache before attending (one launch instead of
+    a write kernel and RoPE kernels before it): rows [N, Hkv, D] (contiguous head dim) going to `slot_mapping`
+    [N]. With `cos` / `sin` ([N, R] rows of the tokens' rotary embedding) k is rotated before it is stored and q
+    before it attends, as `trtllm::rope(x, cos, sin, interleaved)` does."""
+
+    k: Tensor
+    v: Tensor
+    slot_mapping: Tensor
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    interleaved: bool = False
+
+    def check(self, q: Tensor, k_cache: Tensor) -> None:
+        rows = (q.shape[0], k_cache.shape[2], k_cache.shape[3])
+        if self.k.shape != rows or self.v.shape != rows or self.slot_mapping.shape != rows[:1]:
+            raise ValueError(
+                f"step K/V {tuple(self.k.shape)} / {tuple(self.v.shape)} and slots {tuple(self.slot_mapping.shape)} "
+                f"must be {rows} and ({rows[0]},) for q {tuple(q.shape)}"
+            )
+        if self.cos is not None:
+            rotary = self.cos.shape[-1]
+            if self.sin is None or self.sin.shape != self.cos.shape or self.cos.shape != (rows[0], rotary):
+                raise ValueError(f"cos / sin must both be [{rows[0]}, R], got {tuple(self.cos.shape)}")
+            if rotary % 2 or rotary > rows[2]:
+                raise ValueError(f"rotary dim {rotary} must be even and <= head dim {rows[2]}")
+        if any(t is not None and t.stride(-1) != 1 for t in (self.k, self.v, self.cos, self.sin)):
+            raise ValueError("step K/V and cos / sin need a contiguous last dim")
 
 
 class DecodePlan(NamedTuple):
@@ -64,12 +97,14 @@ _MIN_PARTITION = 32  # tokens per split: below this the merge costs more than th
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, k_scale_ptr, v_scale_ptr,
+    new_k_ptr, new_v_ptr, slot_ptr, cos_ptr, sin_ptr,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    stride_bt, stride_on, stride_oh,
+    stride_bt, stride_on, stride_oh, stride_nkn, stride_nkh, stride_nvn, stride_nvh, stride_cos, stride_sin,
     num_q_heads, num_splits, scale, softcap, sliding_window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr,
-    MIN_PARTITION: tl.constexpr, KV_FP8: tl.constexpr,
+    MIN_PARTITION: tl.constexpr, KV_FP8: tl.constexpr, NEW_KV: tl.constexpr, ROTARY_HALF: tl.constexpr,
+    INTERLEAVED: tl.constexpr, ROTARY_DTYPE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     start_next_then_wait(PDL)
@@ -88,7 +123,39 @@ def _paged_decode_kernel(
     heads = kv_head * GROUP + offs_g
     g_ok, d_ok = offs_g < GROUP, offs_d < HEAD_DIM
     q_mask = g_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
+    q_rows = q_ptr + n * stride_qn + heads[:, None] * stride_qh
+    q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
+    k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
+    if ROTARY_HALF:  # q and the step's k arrive unrotated: `trtllm::rope` with this token's cos / sin row
+        if INTERLEAVED:  # pairs (2j, 2j + 1)
+            first_of_pair, partner = offs_d % 2 == 0, offs_d ^ 1
+        else:  # halves (j, j + R/2)
+            first_of_pair = offs_d < ROTARY_HALF
+            partner = tl.where(first_of_pair, offs_d + ROTARY_HALF, offs_d - ROTARY_HALF)
+        sign = tl.where(first_of_pair, -1.0, 1.0)
+        rotated = offs_d < 2 * ROTARY_HALF  # the features past R pass through
+        cos = tl.load(cos_ptr + n * stride_cos + offs_d, mask=rotated, other=0.0).to(tl.float32)
+        sin = tl.load(sin_ptr + n * stride_sin + offs_d, mask=rotated, other=0.0).to(tl.float32)
+        q_partner = tl.load(q_rows + partner[None, :], mask=q_mask & rotated[None, :], other=0.0).to(tl.float32)
+        q_rotated = rotate(q.to(tl.float32), q_partner, cos[None, :], sin[None, :], sign[None, :],
+                           ROTARY_DTYPE, q.dtype)  # fmt: skip
+        q = tl.where(rotated[None, :], q_rotated, q)
+    if NEW_KV:  # the step's K/V row goes into the cache here, by the program whose partition holds its position
+        if (lo < hi) & (hi == seq_len):
+            slot = tl.load(slot_ptr + n).to(tl.int64)
+            k_new = tl.load(new_k_ptr + n * stride_nkn + kv_head * stride_nkh + offs_d, mask=d_ok)
+            v_new = tl.load(new_v_ptr + n * stride_nvn + kv_head * stride_nvh + offs_d, mask=d_ok)
+            if ROTARY_HALF:
+                k_partner = tl.load(new_k_ptr + n * stride_nkn + kv_head * stride_nkh + partner, mask=rotated)
+                k_rotated = rotate(k_new.to(tl.float32), k_partner.to(tl.float32), cos, sin, sign,
+                                   ROTARY_DTYPE, k_new.dtype)  # fmt: skip
+                k_new = tl.where(rotated, k_rotated, k_new)
+            if KV_FP8:
+                k_new, v_new = to_e4m3(k_new, inverse_scale(k_scale_ptr)), to_e4m3(v_new, inverse_scale(v_scale_ptr))
+            block, in_page = slot // PAGE, slot % PAGE
+            tl.store(k_head + block * stride_kb + in_page * stride_ks + offs_d, k_new, mask=d_ok)
+            tl.store(v_head + block * stride_vb + in_page * stride_vs + offs_d, v_new, mask=d_ok)
+        tl.debug_barrier()  # this program's threads read the row back below: its stores must be visible to them
     if KV_FP8 and USE_DOT and not FP32:
         # E4M3 codes become fp16 in one instruction a pair (bf16 takes three), so the tensor cores multiply in
         # fp16, which holds the codes and probabilities exactly. q is scaled first (the softmax scale, 1 / sqrt(D)
@@ -98,7 +165,6 @@ def _paged_decode_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
     if KV_FP8:  # scores of the K codes times k_scale; the output of the V codes times v_scale (at the end)
         scale = scale * tl.load(k_scale_ptr).to(tl.float32)
 
@@ -228,17 +294,19 @@ def paged_decode_attention(
     num_splits: int | None = None,
     k_scale: Tensor | None = None,
     v_scale: Tensor | None = None,
+    step_kv: StepKV | None = None,
 ) -> Tensor:
     """One decode step: q [N, Hq, D] attends to the first seq_lens[n] cached positions of sequence n.
 
     k_cache/v_cache: [num_blocks, PAGE, Hkv, D]; block_tables: [N, max_blocks] int32; seq_lens: [N] int32,
     each <= max_blocks * PAGE. `num_splits` forces the split-K partitions per sequence; None picks them from
     the GPU's SM count. `k_scale` / `v_scale` ([] float32): the caches are float8_e4m3fn, dequantized on load.
+    `step_kv`: the tokens' own K/V (position seq_lens[n] - 1), written into the cache first (see StepKV).
     CPU tensors run the PyTorch reference unless Triton's interpreter is on.
     """
     if q.device.type == "cpu" and not INTERPRETED:
         return paged_decode_attention_reference(
-            q, k_cache, v_cache, block_tables, seq_lens, scale, softcap, sliding_window, out, k_scale, v_scale
+            q, k_cache, v_cache, block_tables, seq_lens, scale, softcap, sliding_window, out, k_scale, v_scale, step_kv
         )
     n_seq, hq, head_dim = q.shape
     _, page, hkv, _ = k_cache.shape
@@ -262,6 +330,8 @@ def paged_decode_attention(
     if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache, out)):
         raise ValueError("q, k_cache, v_cache and out need a contiguous last (head) dim")
     block_tables, seq_lens = block_tables.contiguous(), seq_lens.contiguous()
+    if step_kv is not None:
+        step_kv.check(q, k_cache)
     if n_seq == 0:
         return out
     # Fixed plans: splits from the sequences alone, so a rank with half the heads splits each head alike.
@@ -283,22 +353,34 @@ def paged_decode_attention(
         WINDOW=sliding_window > 0, FP32=q.dtype == torch.float32, KV_FP8=fp8,
         MIN_PARTITION=min_partition, BLOCK_D=block_d, **pdl.launch_args(q.device),
     )  # fmt: skip
+    # Unread where the constexprs say so: the scales without KV_FP8, the step's K/V and rotary without NEW_KV.
+    step = step_kv or StepKV(q, q, seq_lens)
+    cos, sin = (step.cos, step.sin) if step.cos is not None else (q, q)
+    unrotated = dict(ROTARY_HALF=0, INTERLEAVED=False, ROTARY_DTYPE=tl_dtype(q.dtype))
+    step_meta = dict(NEW_KV=step_kv is not None, **unrotated)
+    if step.cos is not None:
+        compute = torch.promote_types(torch.promote_types(q.dtype, cos.dtype), sin.dtype)
+        step_meta.update(ROTARY_HALF=cos.shape[-1] // 2, INTERLEAVED=step.interleaved, ROTARY_DTYPE=tl_dtype(compute))
 
-    def launch(plan: DecodePlan, tables: Tensor, lens: Tensor) -> None:
+    def launch(plan: DecodePlan, tables: Tensor, lens: Tensor, step_meta: dict) -> None:
         block_g = max(16, triton.next_power_of_2(group)) if plan.tensor_cores else triton.next_power_of_2(group)
         _paged_decode_kernel[(n_seq, hkv, splits)](
             q, k_cache, v_cache, tables, lens, out, m, lse, acc,
-            k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,  # unread unless KV_FP8
+            k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
+            step.k, step.v, step.slot_mapping, cos, sin,
             q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
             tables.stride(0), out.stride(0), out.stride(1),
+            step.k.stride(0), step.k.stride(1), step.v.stride(0), step.v.stride(1), cos.stride(0), sin.stride(0),
             hq, splits, float(scale), float(softcap), int(sliding_window),
             USE_DOT=plan.tensor_cores, BLOCK_G=block_g, BLOCK_N=plan.block_n, num_warps=plan.num_warps,
-            num_stages=plan.num_stages, **meta,
+            num_stages=plan.num_stages, enable_fp_fusion=not step_meta["ROTARY_HALF"], **step_meta, **meta,
         )  # fmt: skip
 
+    # Plans are timed on a sample without the step's write (it would write into the cache's blocks).
     sample = functools.cache(lambda: _tuning_sample(n_seq, max_context, page, k_cache.shape[0], q.device))
     key = plan_key(q, k_cache, splits, softcap, sliding_window)
-    launch(cached_plan(key, plans, lambda plan: launch(plan, *sample())), block_tables, seq_lens)
+    plan = cached_plan(key, plans, lambda plan: launch(plan, *sample(), dict(NEW_KV=False, **unrotated)))
+    launch(plan, block_tables, seq_lens, step_meta)
     if splits > 1:
         _merge_splits_kernel[(n_seq, hq)](
             m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),
@@ -320,12 +402,20 @@ def paged_decode_attention_reference(
     out: Tensor | None = None,
     k_scale: Tensor | None = None,
     v_scale: Tensor | None = None,
+    step_kv: StepKV | None = None,
 ) -> Tensor:
-    """Gather each sequence's K/V from its blocks and run plain fp32 softmax attention (same signature; an FP8
-    cache is dequantized into q's dtype first, as the kernel does)."""
+    """Write the step's K/V (rotated), then gather each sequence's K/V from its blocks and run plain fp32 softmax
+    attention (same signature; an FP8 cache is dequantized into q's dtype first, as the kernel does)."""
     n_seq, hq, head_dim = q.shape
     page, hkv = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q) if out is None else out
+    if step_kv is not None:
+        k_new = step_kv.k
+        if step_kv.cos is not None:
+            cos, sin = step_kv.cos[:, None], step_kv.sin[:, None]  # [N, 1, R]: one row per token, every head
+            q, k_new = (rope_reference(x, cos, sin, step_kv.interleaved) for x in (q, k_new))
+        write_rows(k_cache, k_new, step_kv.slot_mapping, k_scale)
+        write_rows(v_cache, step_kv.v, step_kv.slot_mapping, v_scale)
     for i, length in enumerate(seq_lens.tolist()):
         first = max(0, length - sliding_window) if sliding_window > 0 else 0
         blocks = block_tables[i, : -(-length // page)].long()

@@ -8,6 +8,9 @@ Tokens of all sequences in a step are flattened into one row ([1, H, T, D], sequ
 With `k_scale` / `v_scale` (per-tensor, calibrated) the cache is FP8 E4M3: keys are stored as
 `fp8_quantize(k, k_scale)` and read back as `fp8.float() * k_scale` in the query dtype, which is exactly
 `trtllm::fp8_qdq`, so an FP8 cache computes what the quantize-dequantize before a full-precision cache did.
+
+With `cos` / `sin` (passes/fold_rope_into_paged_attention.py) q and k arrive unrotated and the op applies
+`trtllm::rope` to both first: a decode step's kernel then rotates, writes the cache and attends in one launch.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from trtllm_compile.ops.attention import visibility_mask
 from trtllm_compile.ops.quant import fp8_quantize
+from trtllm_compile.ops.rope import rope_reference
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
 
@@ -41,6 +45,19 @@ def check_kv_scales(kv_cache: Tensor, k_scale: Tensor | None, v_scale: Tensor | 
         )
 
 
+def check_rotary(q: Tensor, cos: Tensor | None, sin: Tensor | None) -> None:
+    """cos / sin must be one [R] row per token ([1, 1, T, R]), R even and at most the head dim."""
+    if sin is None or cos.shape != sin.shape:
+        raise ValueError("paged_attention's rotary embedding needs cos and sin of one shape")
+    tokens, head_dim = q.shape[2], q.shape[3]
+    rotary = cos.shape[-1]
+    if cos.dim() != 4 or cos.shape[:3] != (1, 1, tokens) or rotary % 2 or rotary > head_dim:
+        raise ValueError(
+            f"paged_attention takes cos / sin of shape [1, 1, {tokens}, R] (R even, <= {head_dim}), "
+            f"got {tuple(cos.shape)}"
+        )
+
+
 def write_kv_cache(
     kv_cache: Tensor,
     layer: int,
@@ -52,11 +69,16 @@ def write_kv_cache(
 ) -> None:
     """kv_cache: [layers, 2, num_blocks, block_size, Hkv, D]; k/v: [1, Hkv, T, D]; scales: FP8 cache."""
     for which, new, scale in ((0, k, k_scale), (1, v, v_scale)):
-        flat = kv_cache[layer, which].view(-1, *kv_cache.shape[-2:])
-        rows = store_kv(new[0].transpose(0, 1), scale, flat.dtype)
-        if flat.dtype == FP8_KV_DTYPE:  # index_copy_ has no float8 kernels: copy the bytes
-            flat, rows = flat.view(torch.uint8), rows.view(torch.uint8)
-        flat.index_copy_(0, slot_mapping, rows)
+        write_rows(kv_cache[layer, which], new[0].transpose(0, 1), slot_mapping, scale)
+
+
+def write_rows(cache: Tensor, rows: Tensor, slot_mapping: Tensor, scale: Tensor | None) -> None:
+    """rows [T, Hkv, D] into cache [num_blocks, block_size, Hkv, D] at their slots, as `store_kv` stores them."""
+    flat = cache.view(-1, *cache.shape[-2:])
+    stored = store_kv(rows, scale, flat.dtype)
+    if flat.dtype == FP8_KV_DTYPE:  # index_copy_ has no float8 kernels: copy the bytes
+        flat, stored = flat.view(torch.uint8), stored.view(torch.uint8)
+    flat.index_copy_(0, slot_mapping.long(), stored)
 
 
 def gather_sequence_kv(kv_cache: Tensor, layer: int, block_table: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -84,10 +106,17 @@ def paged_attention(
     softcap: float = 0.0,
     k_scale: Tensor | None = None,
     v_scale: Tensor | None = None,
+    cos: Tensor | None = None,
+    sin: Tensor | None = None,
+    interleaved: bool = False,
 ) -> Tensor:
     """q: [1, Hq, T, D], k/v: [1, Hkv, T, D] -> [1, Hq, T, D]; `host_query_start_loc` is a CPU tensor.
-    `k_scale` / `v_scale` ([] float32): the cache is float8_e4m3fn and holds K / k_scale, V / v_scale."""
+    `k_scale` / `v_scale` ([] float32): the cache is float8_e4m3fn and holds K / k_scale, V / v_scale.
+    `cos` / `sin` ([1, 1, T, R]): q and k are rotated first, as `trtllm::rope(x, cos, sin, interleaved)`."""
     check_kv_scales(kv_cache, k_scale, v_scale)
+    if cos is not None:
+        check_rotary(q, cos, sin)
+        q, k = rope_reference(q, cos, sin, interleaved), rope_reference(k, cos, sin, interleaved)
     write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale)
     out = torch.empty_like(q)
     starts = host_query_start_loc.tolist()
@@ -122,5 +151,8 @@ def _(
     softcap=0.0,
     k_scale=None,
     v_scale=None,
+    cos=None,
+    sin=None,
+    interleaved=False,
 ):
     return torch.empty_like(q)

@@ -22,6 +22,11 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
     `cos`/`sin` hold one value per rotated feature (HF's `cat(freqs, freqs)` layout, or GPT-J's
     repeat-interleaved one) and broadcast against `x[..., :rotary_dim]`, so the op is layout-agnostic.
     """
+    return rope_reference(x, cos, sin, interleaved)
+
+
+def rope_reference(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """The op's PyTorch body, callable on any device (the kernels' tests compare against it on the GPU)."""
     rotary_dim = cos.shape[-1]
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
     rotated = rotate_every_two(x_rot) if interleaved else rotate_half(x_rot)

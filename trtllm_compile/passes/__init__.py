@@ -21,6 +21,7 @@ from trtllm_compile.passes import (  # noqa: F401
     quantize_kv_cache,
     shard_tensor_parallel,
     insert_paged_attention,
+    fold_rope_into_paged_attention,
     select_logits,
     insert_kv_cache_tensorrt,
     lower_linear,
