@@ -180,3 +180,20 @@ def test_decode_batches_get_a_cuda_graph_padded_to_a_multiple_of_16_and_the_max_
     sizes = cuda_graph_sizes(414)
     assert sizes[:6] == [1, 2, 4, 8, 16, 32] and sizes[-3:] == [384, 400, 414]
     assert all(b - a <= 16 for a, b in zip(sizes, sizes[1:], strict=False))  # at most 15 padding rows past 8
+
+
+def test_step_inputs_travel_in_one_aligned_buffer_that_a_cuda_graph_refills():
+    import numpy as np
+
+    from trtllm_compile.runtime.model_runner import _copy_packed
+
+    arrays = (np.arange(3, dtype=np.int64), np.arange(10, dtype=np.int32).reshape(2, 5), np.zeros((2, 0), np.int64))
+    buffer, views = _copy_packed(arrays, torch.device("cpu"))
+    assert buffer.dtype == torch.uint8 and buffer.numel() == 32 + 48  # 24 and 40 bytes, each rounded up to 16s
+    for view, array in zip(views, arrays, strict=True):
+        assert view.data_ptr() % 16 == 0 and torch.equal(view, torch.from_numpy(array))
+    refilled = (arrays[0] + 7, arrays[1] * 2, arrays[2])
+    same_buffer, new_views = _copy_packed(refilled, torch.device("cpu"), into=buffer)
+    assert same_buffer is buffer and torch.equal(views[1], torch.from_numpy(refilled[1]))  # the old views see it
+    with pytest.raises(ValueError, match="take 80 bytes, but the buffer given holds 24"):
+        _copy_packed(arrays, torch.device("cpu"), into=buffer[:24])

@@ -40,6 +40,30 @@ class PendingTokens:
     rows: list[int]
 
 
+_ALIGNMENT = 16  # bytes: every packed input starts where any dtype's kernels may load it vectorized
+
+
+def _copy_packed(
+    arrays: tuple[np.ndarray, ...], device: torch.device, into: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Copy `arrays` to `device` in one transfer: their bytes back to back (aligned) in one host buffer, copied
+    into `into` (a buffer of the same layout) or a new device buffer. Returns the buffer and a view of it for each
+    array, of its dtype and shape."""
+    offsets = np.cumsum([0] + [-(-a.nbytes // _ALIGNMENT) * _ALIGNMENT for a in arrays])
+    host = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    for array, offset in zip(arrays, offsets[:-1], strict=True):
+        host[offset : offset + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    if into is not None and into.numel() != host.nbytes:
+        raise ValueError(f"a step's inputs take {host.nbytes} bytes, but the buffer given holds {into.numel()}")
+    buffer = into if into is not None else torch.empty(host.nbytes, dtype=torch.uint8, device=device)
+    buffer.copy_(torch.from_numpy(host), non_blocking=True)
+    views = [
+        buffer[offset : offset + array.nbytes].view(torch.from_numpy(array).dtype).view(array.shape)
+        for array, offset in zip(arrays, offsets[:-1], strict=True)
+    ]
+    return buffer, views
+
+
 def _cuda_kernels_ready() -> bool:
     """Register the Triton kernels; without them the reference paged attention syncs and cannot be captured."""
     from trtllm_compile.kernels import register_cuda_kernels
@@ -94,7 +118,7 @@ class ModelRunner:
                 "step graph: %d op calls bound to their CUDA kernels", bind_cuda_kernels(self.step.graph_module)
             )
         self.graph_sizes = cuda_graph_sizes(max_batch_size)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}  # graph, inputs, logits
         # One memory pool for every graph: they replay one at a time, and each holds on to its outputs, so the pool
         # grows to the largest graph's needs instead of their sum (the KV cache took the rest of the memory).
         self._graph_pool = None
@@ -146,7 +170,7 @@ class ModelRunner:
         ):
             logits = self._replay(ordered, pending)
         else:
-            inputs = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
+            inputs, _ = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
             logits = self.step.graph_module(*inputs)[0][0]
         if order == sorted(order):  # the scheduler lists decodes first already: no reordering copy
             return logits.float()
@@ -161,13 +185,19 @@ class ModelRunner:
         return max(len(s.block_table) for s in sequences)
 
     def _inputs(
-        self, sequences, padded_rows: int, table_width: int, pending: PendingTokens | None = None
-    ) -> list[torch.Tensor]:
-        """Step inputs for `sequences`, padded to `padded_rows` single-token rows writing to the spare block.
+        self,
+        sequences,
+        padded_rows: int,
+        table_width: int,
+        pending: PendingTokens | None = None,
+        into: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Step inputs for `sequences`, padded to `padded_rows` single-token rows writing to the spare block, and
+        the device buffer they are views of (`into`, a CUDA graph's, or a new one).
 
-        Built in numpy and copied once: at a thousand rows, Python lists of block tables cost more than the step.
-        Every copy is asynchronous (no wait for the step in flight), and `PENDING` tokens are gathered from
-        `pending` on the device.
+        Built in numpy and copied in one asynchronous host-to-device copy: at a thousand rows, Python lists of block
+        tables cost more than the step, and at one row each copy costs the GPU a few microseconds between steps.
+        `PENDING` tokens are gathered from `pending` on the device.
         """
         spare = self.num_blocks
         lengths = np.array([len(s.token_ids) for s in sequences] + [1] * (padded_rows - len(sequences)))
@@ -178,51 +208,43 @@ class ModelRunner:
         slots = np.full(starts[-1], spare * self.block_size, dtype=np.int64)
         tables = np.full((padded_rows, table_width), spare, dtype=np.int32)
         context_lens = np.ones(padded_rows, dtype=np.int32)
-        pending_at: list[tuple[int, int]] = []  # (flat token index, row of the previous step)
+        # (flat token index, row of the previous step) of each PENDING token; a fixed width keeps the layout
+        pending_at = np.zeros((2, padded_rows), dtype=np.int64)
+        num_pending = 0
         for row, seq in enumerate(sequences):
             rows = slice(starts[row], starts[row + 1])
             if seq.token_ids[0] == PENDING:  # a decode: its single input token is still on the device
-                pending_at.append((starts[row], pending.rows[row]))
+                pending_at[:, num_pending] = starts[row], pending.rows[row]
+                num_pending += 1
             else:
                 token_ids[rows] = seq.token_ids
             positions[rows] = np.arange(seq.start_pos, seq.start_pos + lengths[row])
             slots[rows] = seq.slot_mapping
             tables[row, : len(seq.block_table)] = seq.block_table
             context_lens[row] = seq.start_pos + lengths[row]
-
-        def on_device(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).to(self.device, non_blocking=True)
-
-        device_token_ids = on_device(token_ids)
-        if pending_at:
-            where, rows = on_device(np.ascontiguousarray(np.array(pending_at, dtype=np.int64).T))
+        logits_indices = starts[1:].astype(np.int64) - 1
+        host = (token_ids, positions, slots, tables, context_lens, logits_indices, pending_at)
+        buffer, views = _copy_packed(host, self.device, into)
+        device_token_ids, positions, slots, tables, context_lens, logits_indices, pending_at = views
+        if num_pending:
+            where, rows = pending_at[0, :num_pending], pending_at[1, :num_pending]
             device_token_ids.index_copy_(0, where, pending.token_ids.index_select(0, rows))
-        return [
-            device_token_ids[None],
-            on_device(positions)[None],
-            self.kv_cache,
-            on_device(slots),
-            on_device(tables),
-            on_device(context_lens),
-            torch.from_numpy(starts),  # host copy: the op slices sequences with it
-            on_device(starts[1:].astype(np.int64) - 1),
-        ]
+        starts_on_host = torch.from_numpy(starts)  # the op slices sequences with it
+        inputs = [device_token_ids[None], positions[None], self.kv_cache, slots, tables, context_lens]
+        return [*inputs, starts_on_host, logits_indices], buffer
 
     def _replay(self, sequences, pending: PendingTokens | None) -> torch.Tensor:
         size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, len(sequences))]
         if size not in self._graphs:
             self._graphs[size] = self._capture(size)
-        graph, static_inputs, static_logits = self._graphs[size]
-        fresh = self._inputs(sequences, size, self.max_blocks_per_seq, pending)
-        for static, new in zip(static_inputs, fresh, strict=True):
-            if static is not self.kv_cache and static.device.type == "cuda":
-                static.copy_(new, non_blocking=True)
+        graph, buffer, static_logits = self._graphs[size]
+        self._inputs(sequences, size, self.max_blocks_per_seq, pending, into=buffer)  # the graph reads its views
         graph.replay()
         return static_logits[: len(sequences)]
 
     def _capture(self, size: int):
         """Capture a decode step of `size` rows; its inputs are static buffers refilled before each replay."""
-        static_inputs = self._inputs([], size, self.max_blocks_per_seq)  # all padding rows until refilled
+        static_inputs, buffer = self._inputs([], size, self.max_blocks_per_seq)  # all padding rows until refilled
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -234,4 +256,4 @@ class ModelRunner:
         with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream):
             static_logits = self.step.graph_module(*static_inputs)[0][0]
         logger.info("captured a CUDA graph for decode batches of %d", size)
-        return graph, static_inputs, static_logits
+        return graph, buffer, static_logits
