@@ -41,7 +41,7 @@ TOP_ROWS = 25
 # Ordered: the first pattern that matches a kernel (case-insensitive) names its category.
 CATEGORIES = [
     ("GEMM", r"gemv|gemm|cublas|sm90|nvjet|cutlass|xmma|split_?k|matmul|linear|aten::(mm|addmm|bmm)\b"),
-    ("attention", r"paged|attention|attn|flash|sdpa|merge_splits"),
+    ("attention", r"paged|attention|attn|flash|sdpa"),
     ("norm", r"norm"),
     ("rope", r"rope|rotary"),
     ("sampling", r"argmax|topk|sort|multinomial"),

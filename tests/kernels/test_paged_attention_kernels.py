@@ -45,6 +45,26 @@ def test_paged_decode_interpreted(interpreted, assert_matches, dtype, variant, q
     actual = attn.paged_decode_attention(*args, scale, **VARIANTS[variant], num_splits=splits)
     assert_matches(actual, expected, "attention")
     assert actual[1].abs().max() == 0  # seq_len 0 attends to nothing
+    assert all(not counts.any() for counts in attn._ARRIVAL_COUNTS.get(args[0].device, []))  # zero for the next
+
+
+@pytest.mark.gpu
+def test_paged_decode_gpu_merges_splits_in_the_last_program_across_cuda_graph_replays(assert_matches):
+    """The splits' arrival counters are zero again after every launch, so a captured graph merges on each replay."""
+    from trtllm_compile.kernels import paged_attention as attn
+
+    args, scale = _paged_case([700, 3, 64, 250], 8, 2, 128, 16, torch.bfloat16, "cuda")
+    out = attn.paged_decode_attention(*args, scale, num_splits=8)  # warm-up: compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        attn.paged_decode_attention(*args, scale, out=out, num_splits=8)
+    q = args[0]
+    for step in range(3):
+        q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(step)).to(q))
+        out.zero_()
+        graph.replay()
+        assert_matches(out, attn.paged_decode_attention_reference(*args, scale), "attention")
+        assert not attn._ARRIVAL_COUNTS[q.device][-1].any()
 
 
 @pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])

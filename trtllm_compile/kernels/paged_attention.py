@@ -4,7 +4,8 @@ One program per (sequence, KV head, split) serves all query heads of the group, 
 Positions are gathered token by token through the block table (slot = block * PAGE + pos % PAGE), which
 keeps the tile size independent of the page size. When sequences x KV heads cannot fill the GPU, each
 sequence's context is split into up to `num_splits` equal partitions of at least _MIN_PARTITION tokens, whose
-partial (max, sum, unnormalized output) are merged by a second kernel. The partitions are sized in the kernel
+partial (max, sum, unnormalized output) the last split of each (sequence, KV head) to finish merges (counted in
+a device buffer of arrivals; this saved a second kernel a layer). The partitions are sized in the kernel
 from the sequence's actual length, so a CUDA graph captured for the longest context still spreads a long
 context over every split, and a short one over few (the others return at once). Groups of more than two query
 heads multiply on the tensor cores, padded to 16 rows; for one or two the plan chooses. Padded to 16 rows, a
@@ -96,7 +97,7 @@ _MIN_PARTITION = 32  # tokens per split: below this the merge costs more than th
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, k_scale_ptr, v_scale_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, k_scale_ptr, v_scale_ptr,
     new_k_ptr, new_v_ptr, slot_ptr, cos_ptr, sin_ptr,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_on, stride_oh, stride_nkn, stride_nkh, stride_nvn, stride_nvh, stride_cos, stride_sin,
@@ -105,7 +106,7 @@ def _paged_decode_kernel(
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, USE_DOT: tl.constexpr, FP32: tl.constexpr,
     MIN_PARTITION: tl.constexpr, KV_FP8: tl.constexpr, NEW_KV: tl.constexpr, ROTARY_HALF: tl.constexpr,
     INTERLEAVED: tl.constexpr, ROTARY_DTYPE: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     start_next_then_wait(PDL)
     n = tl.program_id(0).to(tl.int64)
@@ -217,6 +218,18 @@ def _paged_decode_kernel(
         tl.store(m_ptr + part, m_i, mask=g_ok)
         tl.store(l_ptr + part, l_i, mask=g_ok)
         tl.store(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=q_mask)
+        # The last split of this (sequence, KV head) to finish merges them all, where a second kernel did:
+        # each program's partials are stored (barrier) before its arrival is released to the others.
+        tl.debug_barrier()
+        count = count_ptr + n * tl.num_programs(1) + kv_head
+        if tl.atomic_add(count, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
+            tl.store(count, 0)  # zero again for the next launch (or CUDA-graph replay)
+            offs_s = tl.arange(0, BLOCK_S)
+            for g in tl.static_range(GROUP):
+                head = kv_head * GROUP + g
+                parts = (n * num_q_heads + head) * num_splits + offs_s
+                out_row = out_ptr + n * stride_on + head * stride_oh
+                _merge_splits(m_ptr, l_ptr, acc_ptr, out_row, parts, offs_s < num_splits, offs_d, d_ok, HEAD_DIM)
     else:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty sequence gives zeros
         o_ptrs = out_ptr + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :]
@@ -224,25 +237,19 @@ def _paged_decode_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(
-    m_ptr, l_ptr, acc_ptr, out_ptr, num_q_heads, num_splits, stride_on, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
-):  # fmt: skip
-    start_next_then_wait(PDL)
-    n = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
-    offs_s, offs_d = tl.arange(0, BLOCK_S), tl.arange(0, BLOCK_D)
-    s_ok, d_ok = offs_s < num_splits, offs_d < HEAD_DIM
-    part = (n * num_q_heads + head) * num_splits + offs_s
-    m = tl.load(m_ptr + part, mask=s_ok, other=float("-inf"))
-    l_part = tl.load(l_ptr + part, mask=s_ok, other=0.0)
+def _merge_splits(m_ptr, l_ptr, acc_ptr, out_row_ptr, parts, s_ok, offs_d, d_ok, HEAD_DIM: tl.constexpr):
+    """One head's output from its splits' partials (m, l, unnormalized acc at `parts`), written at out_row_ptr.
+    The partials come from other programs: loaded through L2 (.cg), never from a stale line of this SM's L1."""
+    m = tl.load(m_ptr + parts, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+    l_part = tl.load(l_ptr + parts, mask=s_ok, other=0.0, cache_modifier=".cg")
     m_max = tl.max(m, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # every split empty
     w = tl.exp2((m - m_max) * 1.4426950408889634)
     total = tl.sum(l_part * w, axis=0)
-    acc = tl.load(acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    acc_mask = s_ok[:, None] & d_ok[None, :]
+    acc = tl.load(acc_ptr + parts[:, None] * HEAD_DIM + offs_d[None, :], mask=acc_mask, other=0.0, cache_modifier=".cg")
     o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    tl.store(out_ptr + n * stride_on + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(out_row_ptr + offs_d, o.to(out_row_ptr.dtype.element_ty), mask=d_ok)
 
 
 INTERPRETED: bool = is_interpreted(_paged_decode_kernel)
@@ -253,6 +260,20 @@ def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+_ARRIVAL_COUNTS: dict[torch.device, list[Tensor]] = {}
+
+
+def _arrival_counts(device: torch.device, size: int) -> Tensor:
+    """At least `size` int32 counters, zero between launches, in which the splits of each (sequence, KV head)
+    count their arrivals; the last to arrive merges and zeroes its counter again. One buffer serves every launch
+    on a device; a larger one is added when needed, and none is freed, because captured CUDA graphs keep using
+    the address they were captured with."""
+    buffers = _ARRIVAL_COUNTS.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < size:
+        buffers.append(torch.zeros(max(size, 4096), dtype=torch.int32, device=device))
+    return buffers[-1]
 
 
 def plan_splits(programs: int, max_context: int, device: torch.device) -> int:
@@ -346,12 +367,14 @@ def paged_decode_attention(
     m = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
     lse = torch.empty((n_seq, hq, splits), **f32) if splits > 1 else out
     acc = torch.empty((n_seq, hq, splits, head_dim), **f32) if splits > 1 else out
+    arrivals = _arrival_counts(q.device, n_seq * hkv) if splits > 1 else seq_lens  # unread without SPLIT
     if fp8:  # a no-op for the graph's constants, which live on the device (the kernel reads them as fp32)
         k_scale, v_scale = k_scale.to(q.device), v_scale.to(q.device)
     meta = dict(
         GROUP=group, HEAD_DIM=head_dim, PAGE=page, SPLIT=splits > 1, SOFTCAP=softcap > 0,
         WINDOW=sliding_window > 0, FP32=q.dtype == torch.float32, KV_FP8=fp8,
-        MIN_PARTITION=min_partition, BLOCK_D=block_d, **pdl.launch_args(q.device),
+        MIN_PARTITION=min_partition, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits),
+        **pdl.launch_args(q.device),
     )  # fmt: skip
     # Unread where the constexprs say so: the scales without KV_FP8, the step's K/V and rotary without NEW_KV.
     step = step_kv or StepKV(q, q, seq_lens)
@@ -365,7 +388,7 @@ def paged_decode_attention(
     def launch(plan: DecodePlan, tables: Tensor, lens: Tensor, step_meta: dict) -> None:
         block_g = max(16, triton.next_power_of_2(group)) if plan.tensor_cores else triton.next_power_of_2(group)
         _paged_decode_kernel[(n_seq, hkv, splits)](
-            q, k_cache, v_cache, tables, lens, out, m, lse, acc,
+            q, k_cache, v_cache, tables, lens, out, m, lse, acc, arrivals,
             k_scale if fp8 else k_cache, v_scale if fp8 else v_cache,
             step.k, step.v, step.slot_mapping, cos, sin,
             q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
@@ -381,12 +404,6 @@ def paged_decode_attention(
     key = plan_key(q, k_cache, splits, softcap, sliding_window)
     plan = cached_plan(key, plans, lambda plan: launch(plan, *sample(), dict(NEW_KV=False, **unrotated)))
     launch(plan, block_tables, seq_lens, step_meta)
-    if splits > 1:
-        _merge_splits_kernel[(n_seq, hq)](
-            m, lse, acc, out, hq, splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,
-            **pdl.launch_args(q.device),
-        )  # fmt: skip
     return out
 
 
