@@ -46,6 +46,18 @@ def test_noop_is_removed(trace, run_pass, op_counts, assert_same_outputs, name):
     assert_same_outputs(gm, fn, X)
 
 
+def test_products_and_quotients_by_one_go_unless_they_cast(trace, run_pass, op_counts, assert_same_outputs):
+    def fn(x, positions):
+        return (x * 1.0).exp() / 1 + positions * 1.0  # int * 1.0 is a cast to float: it stays
+
+    positions = torch.arange(8)
+    gm = trace(fn, X, positions, clean=False)
+    assert op_counts(gm)["aten.mul"] == 2 and op_counts(gm)["aten.div"] == 1
+    assert run_pass(remove_noops, gm) == 2
+    assert op_counts(gm)["aten.mul"] == 1 and op_counts(gm)["aten.div"] == 0
+    assert_same_outputs(gm, fn, X, positions)
+
+
 @pytest.mark.parametrize("name", list(REAL_WORK))
 def test_real_work_stays(trace, run_pass, op_counts, name):
     fn, op = REAL_WORK[name]

@@ -1,5 +1,6 @@
 """Drop nodes that do nothing at inference (same-dtype casts, aliases, detaches, eval-mode dropout, full slices,
-same-shape views, concatenation with empty tensors, grad-mode and autocast markers) and normalize negative dims.
+same-shape views, products and quotients by one, concatenation with empty tensors, grad-mode and autocast markers)
+and normalize negative dims.
 
 Patterns are traced through the same cleanup, so each graph meets patterns of its own form: fp32 graphs lose
 their no-op casts, low-precision graphs (where the casts are real) keep them.
@@ -16,6 +17,7 @@ from trtllm_compile.passes.registry import Stage, register_pass
 
 _IDENTITY_OPS = {aten.alias.default, aten.detach.default, aten.detach_.default, aten.lift_fresh_copy.default}
 _CAST_OPS = {aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default, aten.type_as.default}
+_UNIT_SCALINGS = {aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar}
 _MARKERS = {
     aten._assert_tensor_metadata.default,  # torch.export's dtype/device checks after casts
     torch._C._set_grad_enabled,
@@ -34,14 +36,22 @@ def _is_noop(node: torch.fx.Node) -> bool:
     if node.target in (aten.slice.Tensor, aten.expand.default, aten.view.default, aten.reshape.default):
         return same_shape(val(node.args[0]), val(node)) and (node.target != aten.slice.Tensor or _step_one(node))
     if node.target in _CAST_OPS:
-        source, result = val(node.args[0]), val(node)
-        return (
-            isinstance(source, torch.Tensor)
-            and isinstance(result, torch.Tensor)
-            and source.dtype == result.dtype
-            and source.device == result.device
-        )
+        return _same_dtype_and_device(node)
+    if node.target in _UNIT_SCALINGS:  # x * 1 or x / 1 (HF's rotary `attention_scaling` of plain RoPE)
+        factor = node.args[1]
+        unit = isinstance(factor, int | float) and not isinstance(factor, bool) and factor == 1
+        return unit and _same_dtype_and_device(node) and same_shape(val(node.args[0]), val(node))
     return False
+
+
+def _same_dtype_and_device(node: torch.fx.Node) -> bool:
+    source, result = val(node.args[0]), val(node)
+    return (
+        isinstance(source, torch.Tensor)
+        and isinstance(result, torch.Tensor)
+        and source.dtype == result.dtype
+        and source.device == result.device
+    )
 
 
 def _step_one(node: torch.fx.Node) -> bool:
