@@ -18,6 +18,7 @@ def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_quantize_shard_t
         (Stage.SHARD, "shard_tensor_parallel"),
         (Stage.CACHE, "insert_paged_attention"),
         (Stage.CACHE, "fold_rope_into_paged_attention"),
+        (Stage.CACHE, "tabulate_position_features"),
         (Stage.CACHE, "select_logits"),
         (Stage.CACHE, "insert_kv_cache_tensorrt"),
         (Stage.LOWER, "lower_linear"),

@@ -22,6 +22,8 @@ class CompileConfig:
     tp_invariant: 2 makes the runtime's outputs bit-identical at tensor_parallel_size 1 and 2 (0: off): one GPU
         sums its row-parallel GEMMs as two ranks do (passes/split_row_parallel_sums.py) and every kernel runs a
         plan fixed by the row count (`kernels.fixed_plans`). Slower: for reproducibility checks, not serving.
+    max_positions: positions the runtime's step graph can meet (0: unknown); the runtime sets it, and values of
+        the positions alone are then tabulated (passes/tabulate_position_features.py).
     """
 
     disable_passes: frozenset[str] = field(default_factory=frozenset)
@@ -29,6 +31,7 @@ class CompileConfig:
     quantization: QuantConfig | None = None
     tensor_parallel: TensorParallelConfig | None = None
     tp_invariant: int = 0
+    max_positions: int = 0
 
     @classmethod
     def from_options(cls, options: dict | None) -> CompileConfig:

@@ -22,6 +22,7 @@ from trtllm_compile.passes import (  # noqa: F401
     shard_tensor_parallel,
     insert_paged_attention,
     fold_rope_into_paged_attention,
+    tabulate_position_features,
     select_logits,
     insert_kv_cache_tensorrt,
     lower_linear,

@@ -4,6 +4,7 @@ KV cache, and replays CUDA graphs for decode-only steps (bucketed batch sizes)."
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -64,6 +65,14 @@ def _copy_packed(
     return buffer, views
 
 
+def _parameters_on(model, device: torch.device) -> bool:
+    """Whether `model` is a module whose parameters are on `device` (not a factory, not on the CPU)."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    parameter = next(model.parameters(), None)
+    return parameter is not None and parameter.device.type == device.type
+
+
 def _cuda_kernels_ready() -> bool:
     """Register the Triton kernels; without them the reference paged attention syncs and cannot be captured."""
     from trtllm_compile.kernels import register_cuda_kernels
@@ -93,6 +102,11 @@ class ModelRunner:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # tp_invariant: every step (and its CUDA-graph capture) runs the kernels' fixed plans
         self.tp_invariant = bool(compile_config and compile_config.tp_invariant)
+        # What the graph derives from positions alone is tabulated over every position a sequence of max_seq_len
+        # tokens meets (passes/tabulate_position_features.py), where the tables are computed by the device that
+        # runs the steps: a CPU's vectorized cos may round a position otherwise than a GPU computing it per step.
+        if self.device.type == "cuda" and _parameters_on(model, self.device):
+            compile_config = dataclasses.replace(compile_config or CompileConfig(), max_positions=max_seq_len)
         self.step = self._build_step(model, compile_config)
         self.block_size = block_size
         self.max_blocks_per_seq = math.ceil(max_seq_len / block_size)
