@@ -32,6 +32,8 @@ for on in (True, False):
     )
     for name, text in (("gemv", fp8_gemv), ("norm", rms_norm)):
         counts[f"{name} pdl={on}"] = {op: text.count(op) for op in OPS}
+        if on:
+            counts[f"{name} loads before the wait"] = text[: text.find("griddepcontrol.wait")].count("ld.global")
 print(json.dumps(counts))
 """
 
@@ -54,6 +56,7 @@ def test_decode_kernels_compile_to_grid_dependency_control_for_sm90(sm90_ptx):
         on, off = counts[f"{kernel} pdl=True"], counts[f"{kernel} pdl=False"]
         assert on["griddepcontrol.wait"] >= 1 and on["griddepcontrol.launch_dependents"] >= 1, (kernel, on)
         assert off == {op: 0 for op in off}, (kernel, off)
-    # the GEMV asks L2 for its first weight tile before it waits; the norm reads nothing before
+    # the GEMV asks L2 for its first weight tile before it waits; the norm loads its weight (both are constants)
     assert counts["gemv pdl=True"]["prefetch.global.L2"] >= 1
     assert counts["norm pdl=True"]["prefetch.global.L2"] == 0
+    assert counts["norm loads before the wait"] >= 1

@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from trtllm_compile.kernels import is_interpreted, tl_dtype
-from trtllm_compile.kernels.norm import normed_dtype, rms_norm_row
+from trtllm_compile.kernels.norm import normed_dtype, rms_norm_row, weight_row
 
 MAX_ROWS = 256  # one program per row; more would not all be resident at once, and waiting programs need peers
 MAX_WORLD = 8
@@ -68,6 +68,8 @@ def _one_shot_kernel(
     slot_row = (flag & 1).to(tl.int64) * slot_elems + row * row_stride
 
     x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0)
+    if NORM:  # in flight while the peers' rows are awaited
+        w = weight_row(w_ptr, cols, mask)
     own = _buffer(buffers_ptr, RANK)
     tl.store((own + FLAGS).to(tl.pointer_type(dtype)) + slot_row + cols, x, mask=mask)
     tl.debug_barrier()  # the whole row is stored before one thread's release below publishes it
@@ -92,7 +94,7 @@ def _one_shot_kernel(
     reduced = acc.to(ROUND_TO)
     if NORM:
         rms_norm_row(
-            reduced.to(tl.float32), cols, mask, res_ptr + row * N, sum_ptr + row * N, w_ptr, out_ptr + row * N,
+            reduced.to(tl.float32), w, cols, mask, res_ptr + row * N, sum_ptr + row * N, out_ptr + row * N,
             N, eps, ROUND_TO, True, UNIT_OFFSET,
         )  # fmt: skip
     else:

@@ -20,10 +20,9 @@ _CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 1, 2, 8, 16)]
 
 
 @triton.jit
-def _normalize_row(x, cols, mask, w_ptr, out_ptr, N, eps, x_dtype: tl.constexpr, UNIT_OFFSET: tl.constexpr):
+def _normalize_row(x, w, cols, mask, out_ptr, N, eps, x_dtype: tl.constexpr, UNIT_OFFSET: tl.constexpr):
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
     normed = x * rstd
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if UNIT_OFFSET:
         y = normed * (1.0 + w)
     else:
@@ -33,19 +32,27 @@ def _normalize_row(x, cols, mask, w_ptr, out_ptr, N, eps, x_dtype: tl.constexpr,
 
 @triton.jit
 def rms_norm_row(
-    x, cols, mask, res_ptr, sum_ptr, w_ptr, out_ptr, N, eps,
+    x, w, cols, mask, res_ptr, sum_ptr, out_ptr, N, eps,
     x_dtype: tl.constexpr, HAS_RESIDUAL: tl.constexpr, UNIT_OFFSET: tl.constexpr,
 ):  # fmt: skip
-    """Normalize one row, given as fp32 values `x` of dtype `x_dtype`; the pointers are this row's. With
-    HAS_RESIDUAL the residual row is added first and the sum, rounded to sum_ptr's dtype, stored and normalized.
-    Shared with the all-reduce kernel that ends in this norm (kernels/all_reduce.py)."""
+    """Normalize one row, given as fp32 values `x` of dtype `x_dtype`, with the weight `w` (fp32 values, loaded by
+    the caller as early as it may: `weight_row`); the pointers are this row's. With HAS_RESIDUAL the residual row
+    is added first and the sum, rounded to sum_ptr's dtype, stored and normalized. Shared with the all-reduce
+    kernel that ends in this norm (kernels/all_reduce.py)."""
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         summed = (x + r).to(sum_ptr.dtype.element_ty)
         tl.store(sum_ptr + cols, summed, mask=mask)
-        _normalize_row(summed.to(tl.float32), cols, mask, w_ptr, out_ptr, N, eps, sum_ptr.dtype.element_ty, UNIT_OFFSET)
+        _normalize_row(summed.to(tl.float32), w, cols, mask, out_ptr, N, eps, sum_ptr.dtype.element_ty, UNIT_OFFSET)
     else:
-        _normalize_row(x, cols, mask, w_ptr, out_ptr, N, eps, x_dtype, UNIT_OFFSET)
+        _normalize_row(x, w, cols, mask, out_ptr, N, eps, x_dtype, UNIT_OFFSET)
+
+
+@triton.jit
+def weight_row(w_ptr, cols, mask):
+    """The norm's weight as fp32 values. A constant: kernels load it before waiting for the kernel before (PDL),
+    where its latency is hidden; loaded after the reduction it added one to every norm of a decode step."""
+    return tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -66,13 +73,14 @@ def _rms_norm_kernel(
     BLOCK_N: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    start_next_then_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
+    w = weight_row(w_ptr, cols, mask)
+    start_next_then_wait(PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     rms_norm_row(
-        x, cols, mask, res_ptr + row * stride_r, sum_ptr + row * stride_s, w_ptr, out_ptr + row * stride_o,
+        x, w, cols, mask, res_ptr + row * stride_r, sum_ptr + row * stride_s, out_ptr + row * stride_o,
         N, eps, x_ptr.dtype.element_ty, HAS_RESIDUAL, UNIT_OFFSET,
     )  # fmt: skip
 
