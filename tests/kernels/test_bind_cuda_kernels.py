@@ -25,7 +25,8 @@ def test_step_graph_ops_bound_to_their_cuda_kernels():
     gm = build_step_graph(generating_model("llama")).graph_module
     before = _trtllm_ops(gm)
     with_kernels = [name for name in before if name in CUDA_KERNELS]
-    assert {"trtllm::paged_attention", "trtllm::add_rms_norm", "trtllm::rope"} <= set(with_kernels)
+    # (Llama's RoPE is folded into paged attention: passes/fold_rope_into_paged_attention.py)
+    assert {"trtllm::paged_attention", "trtllm::add_rms_norm", "trtllm::mlp_activation"} <= set(with_kernels)
     assert bind_cuda_kernels(gm) == len(with_kernels)
     assert _trtllm_ops(gm) == [name for name in before if name not in CUDA_KERNELS]
     targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
