@@ -37,7 +37,7 @@ from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 from trtllm_compile.kernels.rope import rotate
 from trtllm_compile.kernels.tuning import cached_plan
 from trtllm_compile.ops.paged_attention import load_kv, write_rows
-from trtllm_compile.ops.rope import rope_reference
+from trtllm_compile.ops.rope import check_rotary_dim, rope_reference
 
 
 class StepKV(NamedTuple):
@@ -64,8 +64,7 @@ class StepKV(NamedTuple):
             rotary = self.cos.shape[-1]
             if self.sin is None or self.sin.shape != self.cos.shape or self.cos.shape != (rows[0], rotary):
                 raise ValueError(f"cos / sin must both be [{rows[0]}, R], got {tuple(self.cos.shape)}")
-            if rotary % 2 or rotary > rows[2]:
-                raise ValueError(f"rotary dim {rotary} must be even and <= head dim {rows[2]}")
+            check_rotary_dim(rotary, rows[2])
         if any(t is not None and t.stride(-1) != 1 for t in (self.k, self.v, self.cos, self.sin)):
             raise ValueError("step K/V and cos / sin need a contiguous last dim")
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from trtllm_compile.kernels import autotune, is_interpreted, pdl, tl_dtype
 from trtllm_compile.kernels.pdl import start_next_then_wait
+from trtllm_compile.ops.rope import check_rotary_dim
 
 _CONFIGS = [triton.Config({"BLOCK_ROWS": r}, num_warps=w) for r, w in ((4, 4), (1, 1), (2, 2), (8, 4), (16, 8))]
 
@@ -114,8 +115,7 @@ def _as_4d(t: Tensor) -> Tensor:
 def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
     """Rotate the first `cos.shape[-1]` features of `x` (see `trtllm_compile.ops.rope`)."""
     rotary_dim, head_dim = cos.shape[-1], x.shape[-1]
-    if rotary_dim % 2 or rotary_dim > head_dim:
-        raise ValueError(f"rotary dim {rotary_dim} must be even and <= head dim {head_dim}")
+    check_rotary_dim(rotary_dim, head_dim)
     if x.stride(-1) != 1:
         x = x.contiguous()
     x4 = _as_4d(x)

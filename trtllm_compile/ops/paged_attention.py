@@ -20,7 +20,7 @@ from torch import Tensor
 
 from trtllm_compile.ops.attention import visibility_mask
 from trtllm_compile.ops.quant import fp8_quantize
-from trtllm_compile.ops.rope import rope_reference
+from trtllm_compile.ops.rope import check_rotary_dim, rope_reference
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
 
@@ -49,13 +49,10 @@ def check_rotary(q: Tensor, cos: Tensor | None, sin: Tensor | None) -> None:
     """cos / sin must be one [R] row per token ([1, 1, T, R]), R even and at most the head dim."""
     if sin is None or cos.shape != sin.shape:
         raise ValueError("paged_attention's rotary embedding needs cos and sin of one shape")
-    tokens, head_dim = q.shape[2], q.shape[3]
-    rotary = cos.shape[-1]
-    if cos.dim() != 4 or cos.shape[:3] != (1, 1, tokens) or rotary % 2 or rotary > head_dim:
-        raise ValueError(
-            f"paged_attention takes cos / sin of shape [1, 1, {tokens}, R] (R even, <= {head_dim}), "
-            f"got {tuple(cos.shape)}"
-        )
+    tokens = q.shape[2]
+    if cos.dim() != 4 or cos.shape[:3] != (1, 1, tokens):
+        raise ValueError(f"paged_attention takes cos / sin of shape [1, 1, {tokens}, R], got {tuple(cos.shape)}")
+    check_rotary_dim(cos.shape[-1], q.shape[3])
 
 
 def write_kv_cache(

@@ -25,6 +25,12 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tens
     return rope_reference(x, cos, sin, interleaved)
 
 
+def check_rotary_dim(rotary_dim: int, head_dim: int) -> None:
+    """The rotated features come in pairs and are a leading slice of the head."""
+    if rotary_dim % 2 or rotary_dim > head_dim:
+        raise ValueError(f"rotary dim {rotary_dim} must be even and <= head dim {head_dim}")
+
+
 def rope_reference(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
     """The op's PyTorch body, callable on any device (the kernels' tests compare against it on the GPU)."""
     rotary_dim = cos.shape[-1]

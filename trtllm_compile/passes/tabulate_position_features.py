@@ -76,11 +76,11 @@ def tabulate_position_features(gm: torch.fx.GraphModule, config) -> int:
     # Tabulated: the last token-row values of each chain (views of them after it, such as RoPE's unsqueeze, stay).
     rows = {n for n in derived if _token_rows(n, positions)}
     outputs = [n for n in order if n in rows and any(u not in rows for u in n.users)]
-    ancestry = {n: _ancestors(n) & derived for n in outputs}
-    computing = [n for n in outputs if len(ancestry[n]) > 1]  # more than a lone gather from a constant
+    ancestry = {n: _ancestors(n) for n in outputs}
+    computing = [n for n in outputs if len(ancestry[n] & derived) > 1]  # more than a lone gather from a constant
     if not computing:
         return 0
-    needed = set().union(*(_ancestors(n) for n in computing))
+    needed = set().union(*(ancestry[n] for n in computing))
     evaluate = _subgraph(gm, positions, [n for n in order if n in needed], computing)
     device = val(positions).device
     every = torch.arange(limit, device=device)
