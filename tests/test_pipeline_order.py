@@ -22,6 +22,7 @@ def test_pipeline_runs_cleanup_first_then_matchers_then_fusions_quantize_shard_t
         (Stage.CACHE, "select_logits"),
         (Stage.CACHE, "insert_kv_cache_tensorrt"),
         (Stage.LOWER, "lower_linear"),
+        (Stage.LOWER, "fuse_int4_gated_mlp"),
         (Stage.LOWER, "split_row_parallel_sums"),
         (Stage.LOWER, "widen_partial_sums"),
     ]

@@ -193,15 +193,18 @@ def test_hfma_kernel_compiles_its_inline_ptx_for_sm90(sm90_ptx):
 
 
 def test_mma_kernel_compiles_for_sm90_without_spills(interpreted):
-    """int4_gemv_mma.cu cannot run here (it is CUDA, not Triton): compile each one-row mma plan's instance, for
-    both x dtypes, with the CUDA toolkit's nvcc for sm_90 and read ptxas's report. The GPU tests run them."""
+    """int4_gemv_mma.cu cannot run here (it is CUDA, not Triton): compile each one-row mma plan's instance and each
+    gated plan's (SwiGLU; the other activations with the first gated plan), for both x dtypes, with the CUDA
+    toolkit's nvcc for sm_90 and read ptxas's report. The GPU tests run them."""
     if shutil.which("nvcc") is None:
         pytest.skip("no CUDA toolkit here (nvcc): the GPU tests compile the kernel with NVRTC")
     int4_gemv = interpreted("int4_gemv")
-    plans = [plan for plan in int4_gemv.candidates(1, 128) if plan.path == "mma"]
+    plans = [(plan, None) for plan in int4_gemv.candidates(1, 128) if plan.path == "mma"]
+    plans += [(plan, "silu") for plan in int4_gemv.GATED_CANDIDATES]
+    plans += [(int4_gemv.GATED_CANDIDATES[0], activation) for activation in ("gelu", "gelu_tanh", "relu")]
     names = [
-        int4_gemv.mma_kernel_name(x_dtype, torch.bfloat16, True, True, 128, plan, pdl_on=True)
-        for plan in plans
+        int4_gemv.mma_kernel_name(x_dtype, torch.bfloat16, True, True, 128, plan, True, activation)
+        for plan, activation in plans
         for x_dtype in (torch.bfloat16, torch.float16)
     ]
     kept = ", ".join(f"(void*)&{name}" for name in names)  # a host reference instantiates each
@@ -268,6 +271,39 @@ def test_every_mma_plan_gpu(int4_gpu, assert_matches, case):
     for plan in plans:
         out = int4_gpu.int4_linear(x, packed, scales, zeros, group_size, b, plan=plan)
         _assert_plan_matches(assert_matches, plan, out, expected)
+
+
+GATED_OPERANDS = {  # x dtype, scales' dtype, zero points, bias, group size, outputs I (partial blocks), K, activation
+    "bf16_silu_bf16_scales_zeros_bias": (torch.bfloat16, torch.bfloat16, True, True, 128, 11008, 4096, "silu"),
+    "fp16_silu_fp32_scales_symmetric_g256": (torch.float16, torch.float32, False, False, 256, 1000, 2048, "silu"),
+    "bf16_gelu_tanh_fp32_scales_zeros": (torch.bfloat16, torch.float32, True, False, 128, 1000, 2048, "gelu_tanh"),
+    "fp16_gelu_fp16_scales_zeros_bias": (torch.float16, torch.float16, True, True, 128, 1000, 2048, "gelu"),
+    "bf16_relu_bf16_scales_symmetric": (torch.bfloat16, torch.bfloat16, False, False, 128, 1000, 2048, "relu"),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(GATED_OPERANDS))
+def test_every_gated_plan_gpu(int4_gpu, case):
+    """A gated plan (`int4_gated_linear`) computes what its plain plan's [gate; up] GEMM and eager PyTorch's
+    activation of the two halves compute: SwiGLU and ReLU to the bit (the same fp32 sums, the same expf and
+    roundings), GELU within an ulp of x's dtype (erff / tanhf as PyTorch's kernels call them, whose compiler may
+    contract their products otherwise)."""
+    from trtllm_compile.ops.mlp import mlp_activation_reference
+
+    x_dtype, scale_dtype, zero_point, bias, group_size, outputs, k, activation = GATED_OPERANDS[case]
+    x, packed, scales, zeros, _, b = _operands(1, 2 * outputs, k, group_size, zero_point, x_dtype, "cuda", bias=bias)
+    scales, zeros = scales.to(scale_dtype), zeros.to(scale_dtype) if zeros is not None else None
+    assert int4_gpu.supports_gated(x, packed, scales, zeros, group_size, b, activation)
+    for plan in int4_gpu.GATED_CANDIDATES:
+        y = int4_gpu.int4_linear(x, packed, scales, zeros, group_size, b, plan=plan)
+        expected = mlp_activation_reference(y[..., :outputs], y[..., outputs:], activation)
+        out = int4_gpu.int4_gated_linear(x, packed, scales, zeros, group_size, b, activation, plan=plan)
+        if activation in ("silu", "relu"):
+            assert torch.equal(out, expected), (plan, (out - expected).abs().max())
+        else:
+            ulp = torch.finfo(x_dtype).eps
+            torch.testing.assert_close(out, expected, rtol=ulp, atol=ulp * 2**-4, msg=lambda m, p=plan: f"{p}: {m}")
 
 
 @pytest.mark.gpu

@@ -23,7 +23,13 @@ from trtllm_compile.quantization import QuantConfig, calibrate
 from trtllm_compile.runtime.step_graph import export_step_graph, fuse_step_graph
 
 trtllm = torch.ops.trtllm
-QUANT_OPS = (trtllm.fp8_linear.default, trtllm.int8_linear.default, trtllm.int4_linear.default)
+# with the INT4 gate/up GEMM and its activation as one op (passes/fuse_int4_gated_mlp.py)
+QUANT_OPS = (
+    trtllm.fp8_linear.default,
+    trtllm.int8_linear.default,
+    trtllm.int4_linear.default,
+    trtllm.int4_gated_linear.default,
+)
 BLOCK_SIZE = 4
 PROMPTS = ([5, 17, 200, 3, 9], [250, 1, 42])
 

@@ -93,6 +93,29 @@ def test_int4_linear_tinygemm(m, zero_point):
     assert torch.equal(quant.int4_linear_tinygemm(x, packed, scales, zeros, 128, bias), actual)
 
 
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("m", [1, 4])
+def test_int4_gated_linear_in_a_cuda_graph(monkeypatch, m, activation):
+    """`trtllm::int4_gated_linear` on CUDA, tuned, then replayed from a CUDA graph with a new x: one row runs the
+    gated mma kernel, four the INT4 GEMM and the activation kernel; never a reference."""
+    monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
+    x, w, bias = _operands(m, 1024, 2 * 768, torch.bfloat16)
+    codes, scales, zeros = int4_codes(w, 128, True)
+    weights = (quant.pack_int4(codes), scales, zeros, 128, bias)
+    ops.int4_gated_linear(x, *weights, activation)  # tunes outside the capture
+    _forbid(monkeypatch, "int4_gated_linear_reference")
+    _forbid(monkeypatch, "int4_linear_reference")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.int4_gated_linear(x, *weights, activation)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    monkeypatch.undo()
+    assert out.shape == (m, 768)
+    assert rel_err(out, quant.int4_gated_linear_reference(x, *weights, activation)) <= GPU_RTOL["int4"]
+
+
 def test_int4_linear_runs_smollm2_shapes_and_falls_back_where_the_kernels_cannot(monkeypatch):
     """SmolLM2's K = 576 (no multiple of tinygemm's 128) runs the Triton kernels; K = 100 (no whole int32 words of
     codes) runs the reference, on the GPU."""

@@ -14,6 +14,8 @@ kernels/tuning.py's plan tuner):
   one MMA, the magic and zero point taken off once a group with an MMA of x against ones. Sums are fp32.
   Triton cannot place operands in MMA fragments from registers loaded this way. The fastest one-row path on an
   H100: 48.6 us a Llama-2-7B layer against hfma's 62.1 (docs/benchmarks.md run 52, 8 back-to-back launches).
+  Its gated form is `trtllm::int4_gated_linear` (`int4_gated_linear`): a gated MLP's [gate; up] GEMM with the
+  activation in its epilogue, each block holding an output's gate and up rows.
 
 - hfma path (one row, `_int4_hfma_kernel`, the default there): fp16 math on CUDA cores in inline PTX, 14
   instructions per word of eight weights (`_hfma_words`: the magic-number dequantization of LOP3 into fp16
@@ -65,7 +67,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trtllm_compile.kernels import gemv, is_interpreted, nvrtc, pdl, tuning
+from trtllm_compile.kernels import gemv, is_interpreted, nvrtc, pdl, rows_view, tuning
+from trtllm_compile.kernels.activation import ACTIVATION_IDS
 from trtllm_compile.kernels.gemv import CUBLAS, HALF_DTYPES, Int4Weights, Plan, dot_plan, fma_plan, int4_codes, w_tile
 
 # Dequantize the weight to x's dtype in a Triton kernel, then cuBLAS (a plan of the INT4 candidates).
@@ -123,6 +126,16 @@ _MMA_PLANS = [
     mma_plan(2, 1, 16),
     mma_plan(1, 2, 8),
     mma_plan(2, 1, 4, prefetch=True),
+]
+# A gated MLP's gate/up GEMM with its activation as the epilogue (`int4_gated_linear`, one row): mma plans of an
+# even number of row blocks, half gate rows and half the up rows of the same outputs. The first is the one the
+# tuner took at the Llama-2-7B gate/up GEMM on an H100 (docs/benchmarks.md run 71).
+GATED_CANDIDATES = [
+    mma_plan(2, 1, 4, prefetch=True),
+    mma_plan(2, 2, 4),
+    mma_plan(2, 1, 8, prefetch=True),
+    mma_plan(2, 1, 16),
+    mma_plan(4, 1, 8),
 ]
 _FMA_PLANS = [  # up to 4 rows; 128-row tiles only for one row (two or more spill registers)
     fma_plan(64, 128, num_warps=8, num_stages=2),
@@ -518,33 +531,59 @@ def mma_kernel_name(
     group_size: int,
     plan: Plan,
     pdl_on: bool,
+    activation: str | None = None,
 ) -> str:
-    """The instance of int4_gemv_mma.cu's kernel template that runs `plan` for these operands."""
-    flags = [x_dtype == torch.float16, _SCALE_KINDS[scale_dtype], has_zeros, has_bias, group_size // MMA_K_STEP]
-    tile = [plan.block_n // 16, plan.block_k // MMA_K_STEP, plan.num_warps, plan.num_stages > 1, pdl_on]
+    """The instance of int4_gemv_mma.cu's kernel template that runs `plan` for these operands (with `activation`:
+    gated, `int4_gated_linear`)."""
+    activation_id = -1 if activation is None else ACTIVATION_IDS[activation]
+    flags = [x_dtype == torch.float16, _SCALE_KINDS[scale_dtype], has_zeros, has_bias, activation_id]
+    tile = [group_size // MMA_K_STEP, plan.block_n // 16, plan.block_k // MMA_K_STEP, plan.num_warps]
+    tile += [plan.num_stages > 1, pdl_on]
     return "int4_mma_gemv<" + ", ".join(str(v).lower() for v in flags + tile) + ">"
 
 
-def _launch_mma(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
-    (m, k), n = x2.shape, words.shape[0]
-    scales, zeros = int4.scales, int4.zeros
+def _mma_unsupported(x2: Tensor, words: Tensor, int4: Int4Weights) -> str | None:
+    """Why the mma path cannot run this GEMM (None: it can)."""
+    (m, k), scales, zeros = x2.shape, int4.scales, int4.zeros
     if m != 1:
-        raise ValueError(f"the mma path takes one row, got {m}: use a dot plan (INT4_CANDIDATES)")
+        return f"the mma path takes one row, got {m}: use a dot plan (INT4_CANDIDATES)"
     if INTERPRETED:
-        raise ValueError("the mma path is CUDA C++, which Triton's interpreter cannot run: use an hfma plan")
+        return "the mma path is CUDA C++, which Triton's interpreter cannot run: use an hfma plan"
     if k % MMA_K_STEP or int4.group_size % MMA_K_STEP:
-        raise ValueError(f"the mma path takes K and groups of whole {MMA_K_STEP}s, got {k} and {int4.group_size}")
+        return f"the mma path takes K and groups of whole {MMA_K_STEP}s, got {k} and {int4.group_size}"
     if scales.dtype not in _SCALE_KINDS or (zeros is not None and zeros.dtype != scales.dtype):
-        raise ValueError(f"the mma path takes scales and zero points of one float dtype, got {scales.dtype}")
+        return f"the mma path takes scales and zero points of one float dtype, got {scales.dtype}"
     if words.stride(0) % 4 or words.data_ptr() % 16:
-        raise ValueError("the mma path reads weight rows 16 bytes at a time: rows must start 16-byte aligned")
+        return "the mma path reads weight rows 16 bytes at a time: rows must start 16-byte aligned"
+    return None
+
+
+def _launch_mma(
+    x2: Tensor,
+    words: Tensor,
+    int4: Int4Weights,
+    bias: Tensor | None,
+    y2: Tensor,
+    plan: Plan,
+    activation: str | None = None,
+) -> None:
+    unsupported = _mma_unsupported(x2, words, int4)
+    if unsupported:
+        raise ValueError(unsupported)
+    n = words.shape[0] if activation is None else words.shape[0] // 2  # gated: the outputs of [gate; up]
+    outputs_per_block = plan.block_n if activation is None else plan.block_n // 2
+    if activation is not None and plan.block_n % 32:
+        raise ValueError(f"{plan}: a gated plan takes an even number of 16-row blocks (GATED_CANDIDATES)")
     x_row = x2[0] if x2.data_ptr() % 16 == 0 else x2[0].clone()  # read 16 bytes at a time
     pdl_on = pdl.enabled(x2.device)
-    name = mma_kernel_name(x2.dtype, scales.dtype, zeros is not None, bias is not None, int4.group_size, plan, pdl_on)
+    scales, zeros = int4.scales, int4.zeros
+    name = mma_kernel_name(
+        x2.dtype, scales.dtype, zeros is not None, bias is not None, int4.group_size, plan, pdl_on, activation
+    )
     args = [x_row, words, scales, zeros if zeros is not None else scales, bias if bias is not None else y2, y2]
-    args += [n, k, words.stride(0) // 4, scales.stride(0)]
+    args += [n, x2.shape[1], words.stride(0) // 4, scales.stride(0)]
     compiled = nvrtc.kernel(_MMA_SOURCE, name, x2.device)
-    nvrtc.launch(compiled, (triton.cdiv(n, plan.block_n),), 32 * plan.num_warps, args, x2.device, pdl_on)
+    nvrtc.launch(compiled, (triton.cdiv(n, outputs_per_block),), 32 * plan.num_warps, args, x2.device, pdl_on)
 
 
 def _run(x2: Tensor, words: Tensor, int4: Int4Weights, bias: Tensor | None, y2: Tensor, plan: Plan) -> None:
@@ -578,4 +617,48 @@ def int4_linear(
         key = (gemv.row_bucket(x2.shape[0]), words.shape[0], x2.shape[1], x2.dtype, "int4", group_size)
         plan = tuning.cached_plan(key + (zeros is not None, x2.device), candidates(x2.shape[0], group_size), run)
     run(fit(plan, group_size))
+    return y
+
+
+def supports_gated(
+    x: Tensor,
+    weight: Tensor,
+    scales: Tensor,
+    zeros: Tensor | None,
+    group_size: int,
+    bias: Tensor | None,
+    activation: str,
+) -> bool:
+    """Whether `int4_gated_linear` takes these operands: `supports` holds, at one row, and the mma path runs it
+    (`_mma_unsupported`); an even N ([gate; up]) and a known activation."""
+    if not supports(x, weight, scales, zeros, group_size, bias) or x.numel() != x.shape[-1]:
+        return False
+    if weight.shape[0] % 2 or activation not in ACTIVATION_IDS:
+        return False
+    int4 = Int4Weights(scales, zeros, group_size)
+    return _mma_unsupported(x.reshape(1, -1), weight.view(torch.int32), int4) is None
+
+
+def int4_gated_linear(
+    x: Tensor,
+    weight: Tensor,
+    scales: Tensor,
+    zeros: Tensor | None,
+    group_size: int,
+    bias: Tensor | None,
+    activation: str,
+    plan: Plan | None = None,
+) -> Tensor:
+    """`ops.quant.int4_gated_linear` at one row on the GPU (`supports_gated` must hold): act(gate) * up of the
+    GEMM's halves [gate; up], in one mma kernel. The plan is tuned per shape on first use (GATED_CANDIDATES);
+    `plan` forces one."""
+    n, k = weight.shape[0] // 2, x.shape[-1]
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
+    x2, y2, words = rows_view(x), y.view(1, n), weight.view(torch.int32)
+    int4 = Int4Weights(scales.contiguous(), zeros.contiguous() if zeros is not None else None, group_size)
+    run = lambda plan: _launch_mma(x2, words, int4, bias, y2, plan, activation)
+    if plan is None:
+        key = (1, 2 * n, k, x.dtype, "int4_gated", activation, group_size, zeros is not None, x.device)
+        plan = tuning.cached_plan(key, GATED_CANDIDATES, run)
+    run(plan)
     return y

@@ -13,6 +13,11 @@
 // each (bf16 128 + code, fp16 1024 + code); the magic and the zero point are taken off once a group, with the
 // group's sum of x from one more MMA against ones: s * (sum x (magic + q) - (magic + z) * sum x).
 // 7 instructions a word of eight codes (3 shifts, 4 LOP3) and one MMA, against 14 for the hfma path.
+//
+// Gated (ACTIVATION >= 0): the weight is a gated MLP's fused [gate; up] (2 n rows) and y = act(gate) * up (n
+// values). A block's first half of row blocks takes gate rows, its second half the up rows of the same outputs,
+// so both sums of an output meet in the block's shared memory and the activation is its epilogue: no [2 n]
+// intermediate and no activation kernel (a launch and a round trip a layer at batch 1).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -21,15 +26,20 @@ typedef unsigned short u16;
 
 constexpr int K_STEP = 128;  // the K of a row block's step: four lanes' 16-byte loads, one group
 
+// A 16-bit value in fp32: fp16 with F16, else bf16.
+template <bool F16>
+DEVICE float from_half(u16 bits) {
+    if (!F16) return __uint_as_float(u32(bits) << 16);
+    float value;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
+    return value;
+}
+
 // A value in fp32. KIND: 0 fp32, 1 bf16, 2 fp16.
 template <int KIND>
 DEVICE float load_value(const void* base, int i) {
     if (KIND == 0) return __ldg(reinterpret_cast<const float*>(base) + i);
-    u16 bits = __ldg(reinterpret_cast<const u16*>(base) + i);
-    if (KIND == 1) return __uint_as_float(u32(bits) << 16);
-    float value;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
-    return value;
+    return from_half<KIND == 2>(__ldg(reinterpret_cast<const u16*>(base) + i));
 }
 
 template <bool F16>
@@ -38,6 +48,22 @@ DEVICE u16 to_half(float value) {
     if (F16) asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
     else asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(value));
     return bits;
+}
+
+// fp32 to x's dtype and back: the rounding of a value eager PyTorch holds in that dtype.
+template <bool F16>
+DEVICE float rounded(float value) {
+    return from_half<F16>(to_half<F16>(value));
+}
+
+// The MLP activation in fp32, written as PyTorch's CUDA kernels write it. ACTIVATION: kernels/activation.py's
+// ACTIVATION_IDS (0 silu, 1 gelu, 2 gelu_tanh, 3 relu).
+template <int ACTIVATION>
+DEVICE float activate(float g) {
+    if (ACTIVATION == 0) return g / (1.0f + expf(-g));
+    if (ACTIVATION == 1) return g * 0.5f * (1.0f + erff(g * 0.70710678118654752f));
+    if (ACTIVATION == 2) return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * (g + 0.044715f * (g * g * g))));
+    return fmaxf(g, 0.0f);
 }
 
 // c += A @ B for A a 16 x 16 tile (registers a0-a3) and B 16 x 8 (b0, b1), fp32 sums.
@@ -73,23 +99,27 @@ DEVICE uint4 load_stream(const uint4* p) {
 // warp w takes steps STEPS w .. STEPS (w + 1) - 1, then those WARPS STEPS on, all of a turn's loads issued
 // before its math. Their sums meet in shared memory, added in warp order (deterministic).
 // F16: x is fp16 (else bf16); SCALE_KIND: the scales' and zero points' dtype (load_value); GROUP_STEPS: the
-// group size over K_STEP.
-template <bool F16, int SCALE_KIND, bool HAS_ZEROS, bool HAS_BIAS, int GROUP_STEPS, int ROW_BLOCKS, int STEPS,
-          int WARPS, bool PREFETCH, bool PDL>
+// group size over K_STEP; ACTIVATION: -1 a plain GEMV, else gated with that activation (see the top).
+template <bool F16, int SCALE_KIND, bool HAS_ZEROS, bool HAS_BIAS, int ACTIVATION, int GROUP_STEPS, int ROW_BLOCKS,
+          int STEPS, int WARPS, bool PREFETCH, bool PDL>
 __global__ void __launch_bounds__(WARPS * 32) int4_mma_gemv(
     const uint4* __restrict__ x,  // [K / 8]: x's values eight at a time
     const uint4* __restrict__ w,  // [N, w_row_chunks]: 16 bytes (32 codes) at a time
     const void* __restrict__ scales, const void* __restrict__ zeros,  // [N, G], one row stride
-    const u16* __restrict__ bias, u16* __restrict__ y,  // [N]
+    const u16* __restrict__ bias,  // [N]
+    u16* __restrict__ y,           // [n]: N = n, or 2 n gated
     int n, int k, int w_row_chunks, int scale_row_stride) {
+    constexpr bool GATED = ACTIVATION >= 0;
+    static_assert(!GATED || ROW_BLOCKS % 2 == 0, "a gated block takes as many up rows as gate rows");
     constexpr int ROWS = 16 * ROW_BLOCKS;
+    constexpr int OUTPUTS = GATED ? ROWS / 2 : ROWS;  // the values of y a block stores
     static_assert(ROWS <= WARPS * 32, "a thread a row to store");
     constexpr u32 MAGIC2 = F16 ? 0x64006400u : 0x43004300u;
     constexpr float MAGIC = F16 ? 1024.0f : 128.0f;
     constexpr u32 ONES = F16 ? 0x3C003C00u : 0x3F803F80u;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int quad_row = lane >> 2, quad_col = lane & 3;
-    const int row0 = blockIdx.x * ROWS;
+    const int out0 = blockIdx.x * OUTPUTS;
     const int steps = k / K_STEP;
 
     constexpr int SCALE_BYTES = SCALE_KIND == 0 ? 4 : 2;
@@ -100,7 +130,9 @@ __global__ void __launch_bounds__(WARPS * 32) int4_mma_gemv(
     for (int b = 0; b < ROW_BLOCKS; ++b)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int row = min(row0 + 16 * b + quad_row + 8 * h, n - 1);  // rows past N: re-read, not stored
+            const bool up_rows = GATED && b >= ROW_BLOCKS / 2;  // gated: the up half, rows n on
+            const int out = out0 + 16 * (up_rows ? b - ROW_BLOCKS / 2 : b) + quad_row + 8 * h;
+            const int row = (up_rows ? n : 0) + min(out, n - 1);  // outputs past n: re-read, not stored
             w_rows[b][h] = w + (long)row * w_row_chunks + quad_col;
             scale_rows[b][h] = reinterpret_cast<const char*>(scales) + (long)row * scale_row_stride * SCALE_BYTES;
             zero_rows[b][h] = reinterpret_cast<const char*>(zeros) + (long)row * scale_row_stride * SCALE_BYTES;
@@ -204,12 +236,20 @@ __global__ void __launch_bounds__(WARPS * 32) int4_mma_gemv(
 #pragma unroll
             for (int h = 0; h < 2; ++h) partial[warp][16 * b + quad_row + 8 * h] = acc[b][h];
     __syncthreads();
-    const int row = row0 + threadIdx.x;
-    if (threadIdx.x < ROWS && row < n) {
-        float out = 0.0f;
+    const int out = out0 + threadIdx.x;
+    if (threadIdx.x < OUTPUTS && out < n) {
+        auto row_sum = [&](int block_row, int row) {
+            float sum = 0.0f;
 #pragma unroll
-        for (int v = 0; v < WARPS; ++v) out += partial[v][threadIdx.x];
-        if (HAS_BIAS) out += load_value<F16 ? 2 : 1>(bias, row);
-        y[row] = to_half<F16>(out);
+            for (int v = 0; v < WARPS; ++v) sum += partial[v][block_row];
+            return HAS_BIAS ? sum + load_value<F16 ? 2 : 1>(bias, row) : sum;
+        };
+        const float sum = row_sum(threadIdx.x, out);
+        if (GATED) {  // as eager: gate and up in x's dtype, act(gate) rounded to it, then the product
+            const float up = rounded<F16>(row_sum(threadIdx.x + OUTPUTS, n + out));
+            y[out] = to_half<F16>(rounded<F16>(activate<ACTIVATION>(rounded<F16>(sum))) * up);
+        } else {
+            y[out] = to_half<F16>(sum);
+        }
     }
 }

@@ -9,6 +9,7 @@ FAMILY_OF_OP: dict[str, str] = {
     "trtllm::paged_attention": "attention",
     "trtllm::rope": "rope",
     "trtllm::mlp_activation": "mlp",
+    "trtllm::int4_gated_linear": "mlp",  # an INT4 gate/up GEMM with its activation (passes/fuse_int4_gated_mlp.py)
     "trtllm::rms_norm": "norm",
     "trtllm::add_rms_norm": "norm",
     "trtllm::layer_norm": "norm",

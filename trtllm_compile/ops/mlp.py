@@ -18,11 +18,16 @@ ACTIVATIONS = {
 }
 
 
+def mlp_activation_reference(gate: Tensor, up: Tensor | None, activation: str) -> Tensor:
+    """`activation(gate) * up`, or `activation(gate)` when `up` is None, in eager PyTorch."""
+    out = ACTIVATIONS[activation](gate)
+    return out * up if up is not None else out.clone()
+
+
 @torch.library.custom_op("trtllm::mlp_activation", mutates_args=())
 def mlp_activation(gate: Tensor, up: Tensor | None, activation: str) -> Tensor:
     """`activation(gate) * up`, or `activation(gate)` when `up` is None."""
-    out = ACTIVATIONS[activation](gate)
-    return out * up if up is not None else out.clone()
+    return mlp_activation_reference(gate, up, activation)
 
 
 @mlp_activation.register_fake

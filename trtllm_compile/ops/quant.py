@@ -8,7 +8,8 @@ The bodies are the references (CPU, and what the fast paths are tested against):
 emulating activation quantization exactly (`.to(torch.float8_e4m3fn)` rounding, int8 round-half-even), and
 accumulate the W8A8 GEMMs in float32 as the kernels do. On CUDA the fast paths are torch's own GEMMs,
 `torch._scaled_mm` (FP8) and `torch._int_mm` (INT8), the Triton GEMV for decode-sized FP8 GEMMs with a static
-activation scale (`kernels.gemv.fp8_gemv`), and Triton kernels for INT4 at any row count (`kernels.int4_gemv`).
+activation scale (`kernels.gemv.fp8_gemv`), and Triton kernels for INT4 at any row count (`kernels.int4_gemv`),
+which also runs a gated MLP's INT4 gate/up GEMM and its activation in one kernel at one row (`int4_gated_linear`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trtllm_compile.kernels import TRITON_AVAILABLE, cuda_kernel
+from trtllm_compile.ops.mlp import mlp_activation_reference
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT8_MAX = 127.0
@@ -133,6 +135,20 @@ def int4_linear_reference(
     return F.linear(x, dequantized.to(x.dtype), bias)
 
 
+def int4_gated_linear_reference(
+    x: Tensor,
+    weight: Tensor,
+    scales: Tensor,
+    zeros: Tensor | None,
+    group_size: int,
+    bias: Tensor | None,
+    activation: str,
+) -> Tensor:
+    y = int4_linear_reference(x, weight, scales, zeros, group_size, bias)
+    half = y.shape[-1] // 2
+    return mlp_activation_reference(y[..., :half], y[..., half:], activation)
+
+
 @torch.library.custom_op("trtllm::fp8_linear", mutates_args=())
 def fp8_linear(
     x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Tensor | None, bias: Tensor | None
@@ -158,6 +174,26 @@ def int4_linear(
     """INT4 weight-only: `weight` [N, K / 2] uint8 (two nibbles per byte, see `unpack_int4`), `scales` and
     `zeros` (integer-valued zero points, or None for the symmetric zero point 8) [N, ceil(K / group_size)]."""
     return int4_linear_reference(x, weight, scales, zeros, group_size, bias)
+
+
+@torch.library.custom_op("trtllm::int4_gated_linear", mutates_args=())
+def int4_gated_linear(
+    x: Tensor,
+    weight: Tensor,
+    scales: Tensor,
+    zeros: Tensor | None,
+    group_size: int,
+    bias: Tensor | None,
+    activation: str,
+) -> Tensor:
+    """A gated MLP's INT4 gate/up GEMM and its activation: `mlp_activation(y[..., :I], y[..., I:], activation)` of
+    y = `int4_linear(x, weight, ...)` [..., 2I], the weight being [gate; up] (passes/fuse_int4_gated_mlp.py)."""
+    return int4_gated_linear_reference(x, weight, scales, zeros, group_size, bias, activation)
+
+
+@int4_gated_linear.register_fake
+def _(x: Tensor, weight: Tensor, *args) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
 
 
 @torch.library.custom_op("trtllm::fp8_qdq", mutates_args=())
@@ -292,6 +328,21 @@ def _int4_linear_cuda(x, weight, scales, zeros, group_size, bias):
         if int4_gemv.supports(x, weight, scales, zeros, group_size, bias):
             return int4_gemv.int4_linear(x, weight, scales, zeros, group_size, bias)
     return int4_linear_reference(x, weight, scales, zeros, group_size, bias)
+
+
+@cuda_kernel("trtllm::int4_gated_linear")
+def _int4_gated_linear_cuda(x, weight, scales, zeros, group_size, bias, activation):
+    # One row (a decode step of one sequence): one kernel. Else the GEMM and the activation kernel, as unfused.
+    if TRITON_AVAILABLE:
+        from trtllm_compile.kernels import activation as activation_kernels
+        from trtllm_compile.kernels import int4_gemv
+
+        if int4_gemv.supports_gated(x, weight, scales, zeros, group_size, bias, activation):
+            return int4_gemv.int4_gated_linear(x, weight, scales, zeros, group_size, bias, activation)
+        y = _int4_linear_cuda(x, weight, scales, zeros, group_size, bias)
+        half = y.shape[-1] // 2
+        return activation_kernels.mlp_activation(y[..., :half], y[..., half:], activation)
+    return int4_gated_linear_reference(x, weight, scales, zeros, group_size, bias, activation)
 
 
 # The quantized GEMMs: each takes the activation as its first argument, like aten.linear.

@@ -26,6 +26,7 @@ from trtllm_compile.passes import (  # noqa: F401
     select_logits,
     insert_kv_cache_tensorrt,
     lower_linear,
+    fuse_int4_gated_mlp,
     split_row_parallel_sums,
     widen_partial_sums,
 )
