@@ -165,7 +165,8 @@ class ModelRunner:
         return max(self.max_blocks_per_seq, min(full_batch, fit))
 
     def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
-        """Logits [num_sequences, vocab] (float32) of each sequence's last fed token, in batch order.
+        """Logits [num_sequences, vocab] (the model's dtype: the sampler casts what it needs to float32) of each
+        sequence's last fed token, in batch order.
         `pending`: where the `PENDING` input tokens are (the previous step's samples, on the device)."""
         with fixed_plans(self.tp_invariant):
             return self._execute(batch, pending)
@@ -187,9 +188,9 @@ class ModelRunner:
             inputs, _ = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
             logits = self.step.graph_module(*inputs)[0][0]
         if order == sorted(order):  # the scheduler lists decodes first already: no reordering copy
-            return logits.float()
-        out = torch.empty_like(logits, dtype=torch.float32)
-        out[torch.tensor(order).to(logits.device, non_blocking=True)] = logits.float()
+            return logits
+        out = torch.empty_like(logits)
+        out[torch.tensor(order).to(logits.device, non_blocking=True)] = logits
         return out
 
     def publish_sampled(self, token_ids: torch.Tensor) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from trtllm_compile.kernels import TRITON_AVAILABLE
+
 logger = logging.getLogger(__name__)
 
 
@@ -107,25 +109,34 @@ def sample(
     generators = generators if generators is not None else [None] * num_rows
     if not len(params) == len(generators) == num_rows:
         raise ValueError(f"{num_rows} logit rows but {len(params)} params and {len(generators)} generators")
-    logits = logits.float()
     penalties = [p.repetition_penalty for p in params]
     if any(penalty != 1.0 for penalty in penalties):
         if prev_tokens is None or len(prev_tokens) != num_rows:
             raise ValueError("repetition_penalty needs prev_tokens (prompt + output ids) for every row")
-        logits = apply_repetition_penalty(logits, penalties, prev_tokens)
+        logits = apply_repetition_penalty(logits.float(), penalties, prev_tokens)
 
     greedy_rows = [i for i, p in enumerate(params) if p.is_greedy]
     random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
     # One mode for every row: no row indexing, whose host-made indices would wait for the device
     if not random_rows:
-        return logits.argmax(dim=-1)
+        return argmax(logits)  # in the logits' dtype: the index of their exact float32 cast
+    logits = logits.float()
     if not greedy_rows:
         return _draw(_filtered_probs(logits, params), generators)
     tokens = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
-    tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+    tokens[greedy_rows] = argmax(logits[greedy_rows])
     probs = _filtered_probs(logits[random_rows], [params[i] for i in random_rows])
     tokens[random_rows] = _draw(probs, [generators[i] for i in random_rows])
     return tokens
+
+
+def argmax(logits: Tensor) -> Tensor:
+    """Each row's first largest logit, as `logits.argmax(-1)`: on a GPU, kernels/sampling.py's kernel."""
+    if logits.is_cuda and TRITON_AVAILABLE:
+        from trtllm_compile.kernels import sampling
+
+        return sampling.argmax(logits.contiguous())
+    return logits.argmax(dim=-1)
 
 
 def _per_row(values: list, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
