@@ -129,7 +129,8 @@ def time_steps(llm: LLM, device: torch.device, steps: int, batch: int) -> float:
 
 def replay_ms(llm: LLM, batch: int, steps: int) -> float | None:
     """Median GPU milliseconds of the captured graph of this batch's bucket; None without one (CPU, no triton).
-    The replay rewrites the last step's K/V slots with the same values: harmless to the engine's state."""
+    The replay rewrites the last step's K/V slots, fed the latest samples as its tokens: the tokens generated
+    after it may change, not the cost of a step."""
     graphs = getattr(llm.engine.runner, "_graphs", {})
     sizes = sorted(size for size in graphs if size >= batch)
     if not sizes:

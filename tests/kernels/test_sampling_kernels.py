@@ -32,3 +32,28 @@ def test_argmax_gpu(dtype, vocab):
     logits = _logits(vocab, dtype, "cuda")
     assert torch.equal(sampling.argmax(logits), logits.argmax(-1))
     assert torch.equal(sampling.argmax(logits[3:]), logits[3:].argmax(-1))  # a row's view
+
+
+def _feed_operands(device: str):
+    """Six input tokens, three fed from the samples (rows 2, 0, 2), the rest of the [2, 5] table unused (-1)."""
+    token_ids = torch.arange(100, 106, device=device)
+    pending_at = torch.tensor([[4, 0, 5, -1, -1], [2, 0, 2, -1, -1]], device=device)
+    samples = torch.tensor([7, 8, 9, 10], device=device)
+    expected = torch.tensor([7, 101, 102, 103, 9, 9], device=device)
+    return token_ids, pending_at, samples, expected
+
+
+def test_feed_samples_interpreted(interpreted):
+    sampling = interpreted("sampling")
+    token_ids, pending_at, samples, expected = _feed_operands("cpu")
+    sampling.feed_samples(token_ids, pending_at, samples)
+    assert torch.equal(token_ids, expected)
+
+
+@pytest.mark.gpu
+def test_feed_samples_gpu():
+    from trtllm_compile.kernels import sampling
+
+    token_ids, pending_at, samples, expected = _feed_operands("cuda")
+    sampling.feed_samples(token_ids, pending_at, samples)
+    assert torch.equal(token_ids, expected)

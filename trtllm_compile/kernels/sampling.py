@@ -1,4 +1,5 @@
-"""Greedy sampling on the GPU: each row's argmax, one program a row.
+"""Greedy sampling on the GPU: each row's argmax, one program a row; and the feed of sampled tokens into the
+next step's inputs.
 
 torch's argmax of a Llama [1, 32000] row, after the float32 cast the sampler made, cost 14 us of a 2 ms INT4
 decode step on an H100 (docs/benchmarks.md run 68: the cast 4, the argmax's single-block reduction 10). Here a
@@ -35,17 +36,41 @@ def _argmax_kernel(logits_ptr, out_ptr, stride, vocab, BLOCK: tl.constexpr):
     tl.store(out_ptr + row, best_index.to(tl.int64))
 
 
+@triton.jit
+def _feed_kernel(token_ids_ptr, pending_at_ptr, samples_ptr, width, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    where = tl.load(pending_at_ptr + i, mask=i < width, other=-1)
+    rows = tl.load(pending_at_ptr + width + i, mask=i < width, other=0)
+    fed = where >= 0
+    tl.store(token_ids_ptr + where, tl.load(samples_ptr + rows, mask=fed), mask=fed)
+
+
 INTERPRETED: bool = is_interpreted(_argmax_kernel)
 
 
-def argmax(logits: Tensor, block: int | None = None) -> Tensor:
+def feed_samples(token_ids: Tensor, pending_at: Tensor, samples: Tensor) -> None:
+    """token_ids[pending_at[0, i]] = samples[pending_at[1, i]] for each i with pending_at[0, i] >= 0, in one
+    program: `pending_at` is [2, W] int64 (contiguous), token_ids and samples int64."""
+    if pending_at.dim() != 2 or pending_at.shape[0] != 2 or not pending_at.is_contiguous():
+        raise ValueError(f"pending_at must be a contiguous [2, W], got {tuple(pending_at.shape)}")
+    if token_ids.dtype != samples.dtype:
+        raise ValueError(f"token_ids ({token_ids.dtype}) and samples ({samples.dtype}) must share a dtype")
+    width = pending_at.shape[1]
+    if width:
+        _feed_kernel[(1,)](token_ids, pending_at, samples, width, BLOCK=triton.next_power_of_2(width))
+
+
+def argmax(logits: Tensor, block: int | None = None, out: Tensor | None = None) -> Tensor:
     """int64 [N]: the index of each row's largest value of `logits` [N, V] (a float dtype, last dim contiguous),
-    as `logits.argmax(-1)`; `block` forces the tile (a power of two; default: the row, up to MAX_BLOCK)."""
+    as `logits.argmax(-1)`, into `out` if given; `block` forces the tile (a power of two; default: the row, up
+    to MAX_BLOCK)."""
     if logits.dim() != 2 or logits.stride(1) != 1 or not logits.dtype.is_floating_point:
         shape = tuple(logits.shape)
         raise ValueError(f"argmax takes [N, V] float logits with contiguous rows, got {shape} {logits.dtype}")
     rows, vocab = logits.shape
-    out = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    if out is not None and (out.shape != (rows,) or out.dtype != torch.int64):
+        raise ValueError(f"argmax writes int64 [{rows}], got {out.dtype} {tuple(out.shape)}")
+    out = out if out is not None else torch.empty(rows, dtype=torch.int64, device=logits.device)
     if rows == 0:
         return out
     block = block or min(triton.next_power_of_2(vocab), MAX_BLOCK)

@@ -156,7 +156,8 @@ class TensorParallelRunner(ModelRunner):
     def publish_sampled(self, token_ids: torch.Tensor) -> None:
         """Rank 0: every step's sampled tokens go to the other ranks, which feed them to the next step's
         PENDING inputs."""
-        dist.broadcast(token_ids.contiguous(), src=0)
+        super().publish_sampled(token_ids)
+        dist.broadcast(self._samples[: token_ids.numel()], src=0)
 
     def _send(self, command: int, payload: torch.Tensor) -> None:
         """One broadcast for a step whose batch fits the message (decode steps), a second for the rest."""
@@ -187,7 +188,7 @@ class TensorParallelRunner(ModelRunner):
             batch, rows = unpack_batch(payload)
             pending = PendingTokens(sampled, rows) if any(row >= 0 for row in rows) else None
             super().execute(batch, pending)
-            sampled = torch.empty(len(batch.sequences), dtype=torch.int64, device=self.device)
+            sampled = self._samples[: len(batch.sequences)]  # where the next step's PENDING tokens are read
             dist.broadcast(sampled, src=0)
 
     def release(self) -> None:

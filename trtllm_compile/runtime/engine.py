@@ -180,12 +180,15 @@ class LLMEngine:
         logits = self.runner.execute(batch, previous)
         requests = [seq.request for seq in batch.sequences]
         params = [r.params for r in requests]
-        token_ids = sample(
-            logits,
-            params,
-            [self._generators.get(r.request_id) for r in requests],  # gone: finished by the read-back above
-            [r.all_token_ids for r in requests] if penalized else None,
-        )
+        if not penalized and all(p.is_greedy for p in params):
+            token_ids = self.runner.greedy_tokens(logits)  # a decode graph computed them
+        else:
+            token_ids = sample(
+                logits,
+                params,
+                [self._generators.get(r.request_id) for r in requests],  # gone: finished by the read-back above
+                [r.all_token_ids for r in requests] if penalized else None,
+            )
         self.runner.publish_sampled(token_ids)
         self.scheduler.advance(batch)
         if token_ids.device.type != "cuda":

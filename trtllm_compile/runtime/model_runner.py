@@ -1,5 +1,11 @@
 """Runs the step graph on a scheduled batch: builds the flat token row and attention metadata, owns the paged
-KV cache, and replays CUDA graphs for decode-only steps (bucketed batch sizes)."""
+KV cache, and replays CUDA graphs for decode-only steps (bucketed batch sizes).
+
+A decode graph also takes its step's PENDING input tokens from the previous step's samples (`_samples`, where
+every step's sampled tokens go) and computes the greedy tokens of its logits into the same buffer: between two
+greedy decode steps the GPU runs the graph, one host-to-device copy of the inputs and one copy of the tokens
+back, with no kernel launched from the host.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ import numpy as np
 import torch
 
 from trtllm_compile.config import CompileConfig
-from trtllm_compile.kernels import fixed_plans
+from trtllm_compile.kernels import TRITON_AVAILABLE, fixed_plans
 from trtllm_compile.runtime.kv_cache import CPU_KV_CACHE_FRACTION, available_host_memory, num_blocks_for_memory
+from trtllm_compile.runtime.sampling import argmax
 from trtllm_compile.runtime.scheduler import PENDING, ScheduledBatch
 from trtllm_compile.runtime.step_graph import build_step_graph
 
@@ -133,6 +140,10 @@ class ModelRunner:
             )
         self.graph_sizes = cuda_graph_sizes(max_batch_size)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}  # graph, inputs, logits
+        # The last step's sampled tokens (publish_sampled), read by the next step's PENDING inputs; a decode graph
+        # writes its logits' argmax there (`_greedy`: those of the last step, None after an eager one).
+        self._samples = torch.zeros(max_batch_size, dtype=torch.int64, device=self.device)
+        self._greedy: torch.Tensor | None = None
         # One memory pool for every graph: they replay one at a time, and each holds on to its outputs, so the pool
         # grows to the largest graph's needs instead of their sum (the KV cache took the rest of the memory).
         self._graph_pool = None
@@ -173,6 +184,7 @@ class ModelRunner:
 
     def _execute(self, batch: ScheduledBatch, pending: PendingTokens | None) -> torch.Tensor:
         sequences = batch.sequences
+        self._greedy = None
         # Decodes first: the GPU kernel handles the single-token rows together, prefills after.
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].token_ids) > 1)
         ordered = [sequences[i] for i in order]
@@ -185,7 +197,7 @@ class ModelRunner:
         ):
             logits = self._replay(ordered, pending)
         else:
-            inputs, _ = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
+            inputs, _, _ = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
             logits = self.step.graph_module(*inputs)[0][0]
         if order == sorted(order):  # the scheduler lists decodes first already: no reordering copy
             return logits
@@ -193,8 +205,15 @@ class ModelRunner:
         out[torch.tensor(order).to(logits.device, non_blocking=True)] = logits
         return out
 
+    def greedy_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's argmax of this step's `logits` (what `execute` returned): a decode graph computed them."""
+        return self._greedy if self._greedy is not None else argmax(logits)
+
     def publish_sampled(self, token_ids: torch.Tensor) -> None:
-        """The engine sampled `token_ids` from this step's logits (tensor parallel: the other ranks need them)."""
+        """The engine sampled `token_ids` from this step's logits: the next step's PENDING inputs read them from
+        `_samples` (where a decode graph's greedy tokens are already)."""
+        if token_ids.data_ptr() != self._samples.data_ptr():
+            self._samples[: token_ids.numel()].copy_(token_ids)
 
     def max_blocks_for(self, sequences) -> int:
         return max(len(s.block_table) for s in sequences)
@@ -206,13 +225,14 @@ class ModelRunner:
         table_width: int,
         pending: PendingTokens | None = None,
         into: torch.Tensor | None = None,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Step inputs for `sequences`, padded to `padded_rows` single-token rows writing to the spare block, and
-        the device buffer they are views of (`into`, a CUDA graph's, or a new one).
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Step inputs for `sequences`, padded to `padded_rows` single-token rows writing to the spare block, the
+        device buffer they are views of (`into`, a CUDA graph's, or a new one), and in it the [2, padded_rows]
+        (flat token index, row of `pending.token_ids`) of each `PENDING` token (-1: none).
 
         Built in numpy and copied in one asynchronous host-to-device copy: at a thousand rows, Python lists of block
         tables cost more than the step, and at one row each copy costs the GPU a few microseconds between steps.
-        `PENDING` tokens are gathered from `pending` on the device.
+        `PENDING` tokens are gathered from `pending` on the device, here or (`into`: a graph's step) in the graph.
         """
         spare = self.num_blocks
         lengths = np.array([len(s.token_ids) for s in sequences] + [1] * (padded_rows - len(sequences)))
@@ -224,7 +244,7 @@ class ModelRunner:
         tables = np.full((padded_rows, table_width), spare, dtype=np.int32)
         context_lens = np.ones(padded_rows, dtype=np.int32)
         # (flat token index, row of the previous step) of each PENDING token; a fixed width keeps the layout
-        pending_at = np.zeros((2, padded_rows), dtype=np.int64)
+        pending_at = np.full((2, padded_rows), -1, dtype=np.int64)
         num_pending = 0
         for row, seq in enumerate(sequences):
             rows = slice(starts[row], starts[row + 1])
@@ -241,34 +261,57 @@ class ModelRunner:
         host = (token_ids, positions, slots, tables, context_lens, logits_indices, pending_at)
         buffer, views = _copy_packed(host, self.device, into)
         device_token_ids, positions, slots, tables, context_lens, logits_indices, pending_at = views
-        if num_pending:
-            where, rows = pending_at[0, :num_pending], pending_at[1, :num_pending]
-            device_token_ids.index_copy_(0, where, pending.token_ids.index_select(0, rows))
+        if num_pending and into is None:
+            feed_pending(device_token_ids, pending_at, pending.token_ids)
         starts_on_host = torch.from_numpy(starts)  # the op slices sequences with it
         inputs = [device_token_ids[None], positions[None], self.kv_cache, slots, tables, context_lens]
-        return [*inputs, starts_on_host, logits_indices], buffer
+        return [*inputs, starts_on_host, logits_indices], buffer, pending_at
 
     def _replay(self, sequences, pending: PendingTokens | None) -> torch.Tensor:
         size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, len(sequences))]
         if size not in self._graphs:
             self._graphs[size] = self._capture(size)
         graph, buffer, static_logits = self._graphs[size]
+        if pending is not None and pending.token_ids.data_ptr() != self._samples.data_ptr():
+            self.publish_sampled(pending.token_ids)  # the graph reads them there
         self._inputs(sequences, size, self.max_blocks_per_seq, pending, into=buffer)  # the graph reads its views
         graph.replay()
+        self._greedy = self._samples[: len(sequences)]
         return static_logits[: len(sequences)]
 
     def _capture(self, size: int):
-        """Capture a decode step of `size` rows; its inputs are static buffers refilled before each replay."""
-        static_inputs, buffer = self._inputs([], size, self.max_blocks_per_seq)  # all padding rows until refilled
+        """Capture a decode step of `size` rows; its inputs are static buffers refilled before each replay. The
+        graph feeds the PENDING tokens from `_samples` and writes its greedy tokens there."""
+        static_inputs, buffer, pending_at = self._inputs([], size, self.max_blocks_per_seq)  # padding until refilled
+        token_ids = static_inputs[0][0]
+
+        def decode_step(greedy_tokens: torch.Tensor) -> torch.Tensor:
+            feed_pending(token_ids, pending_at, self._samples)
+            logits = self.step.graph_module(*static_inputs)[0][0]
+            argmax(logits, out=greedy_tokens)
+            return logits
+
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up: autotuning and lazy initialization stay out of the graph
-                self.step.graph_module(*static_inputs)
+                decode_step(torch.empty(size, dtype=torch.int64, device=self.device))  # `_samples` holds tokens
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self._graph_pool = self._graph_pool or torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream):
-            static_logits = self.step.graph_module(*static_inputs)[0][0]
+            static_logits = decode_step(self._samples[:size])
         logger.info("captured a CUDA graph for decode batches of %d", size)
         return graph, buffer, static_logits
+
+
+def feed_pending(token_ids: torch.Tensor, pending_at: torch.Tensor, samples: torch.Tensor) -> None:
+    """token_ids[pending_at[0, i]] = samples[pending_at[1, i]] for every i with pending_at[0, i] >= 0: a step's
+    PENDING input tokens, from the samples of the step before (on a GPU one kernel, capturable in a graph)."""
+    if token_ids.is_cuda and TRITON_AVAILABLE:
+        from trtllm_compile.kernels import sampling
+
+        sampling.feed_samples(token_ids, pending_at, samples)
+    else:
+        where, rows = pending_at[:, pending_at[0] >= 0]
+        token_ids[where] = samples[rows]

@@ -130,13 +130,14 @@ def sample(
     return tokens
 
 
-def argmax(logits: Tensor) -> Tensor:
-    """Each row's first largest logit, as `logits.argmax(-1)`: on a GPU, kernels/sampling.py's kernel."""
+def argmax(logits: Tensor, out: Tensor | None = None) -> Tensor:
+    """Each row's first largest logit, as `logits.argmax(-1)` (into `out`, int64 [N], if given): on a GPU,
+    kernels/sampling.py's kernel."""
     if logits.is_cuda and TRITON_AVAILABLE:
         from trtllm_compile.kernels import sampling
 
-        return sampling.argmax(logits.contiguous())
-    return logits.argmax(dim=-1)
+        return sampling.argmax(logits.contiguous(), out=out)
+    return torch.argmax(logits, dim=-1, out=out) if out is not None else logits.argmax(dim=-1)
 
 
 def _per_row(values: list, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
