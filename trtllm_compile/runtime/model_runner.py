@@ -273,7 +273,9 @@ class ModelRunner:
             self._graphs[size] = self._capture(size)
         graph, buffer, static_logits = self._graphs[size]
         if pending is not None and pending.token_ids.data_ptr() != self._samples.data_ptr():
-            self.publish_sampled(pending.token_ids)  # the graph reads them there
+            # the graph reads them there (sampled rather than greedy, they are a copy of it already); a copy, not
+            # publish_sampled, which a tensor-parallel rank 0 would broadcast to ranks that do not expect it
+            self._samples[: pending.token_ids.numel()].copy_(pending.token_ids)
         self._inputs(sequences, size, self.max_blocks_per_seq, pending, into=buffer)  # the graph reads its views
         graph.replay()
         self._greedy = self._samples[: len(sequences)]
