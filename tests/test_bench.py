@@ -24,6 +24,8 @@ def test_bench_on_cpu_measures_engine_and_eager_peer(tmp_path, capsys):
         "2",
         "--max-num-tokens",
         "64",
+        "--repeat",
+        "3",
         "--out",
         str(out),
     ]
@@ -36,7 +38,9 @@ def test_bench_on_cpu_measures_engine_and_eager_peer(tmp_path, capsys):
         ("trtllm", 2),
     ]
     assert all(r["tokens_per_s"] > 0 and r["tpot_ms"] > 0 for r in results)
-    assert "tokens/s" in capsys.readouterr().out
+    for r in results:  # three measured runs each, the figure their median
+        assert len(r["tpot_ms_runs"]) == 3 and r["tpot_ms"] == sorted(r["tpot_ms_runs"])[1]
+    assert "median of 3 runs" in capsys.readouterr().out
 
 
 def test_bench_rejects_an_unknown_peer_before_building_the_model(capsys):
@@ -83,7 +87,25 @@ def test_side_by_side_compares_common_batch_sizes_and_the_fullest_loads(capsys):
     results += [run("trtllm fp8", 1, 0.5, 4.0), run("trtllm fp8", 16, 1.0, 10.0)]
     _print_side_by_side(results, {"none": "trtllm", "fp8": "trtllm fp8"})
     rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[2:]]
-    assert rows == [["1", "4.0", "8.0", "2.00x", "1.50x"], ["max", "32.0", "64.0", "2.00x", "0.80x"]]
+    assert rows == [["1", "4.0", "8.0", "2.00x", "1.500x"], ["max", "32.0", "64.0", "2.00x", "0.800x"]]
+
+
+def test_repeated_runs_report_each_figure_s_median_and_every_tpot():
+    from trtllm_compile.bench.measure import Measurement, median_of
+
+    runs = [
+        Measurement("trtllm", 1, 8, 4, seconds, ttft, tpot) for seconds, ttft, tpot in [(3, 9, 2), (1, 7, 5), (2, 8, 1)]
+    ]
+    combined = median_of(runs)
+    assert (combined.seconds, combined.ttft_ms, combined.tpot_ms) == (2, 8, 2)
+    assert combined.tpot_ms_runs == [2, 5, 1] and combined.as_dict()["tpot_ms_runs"] == [2, 5, 1]
+    with pytest.raises(ValueError, match="no runs"):
+        median_of([])
+
+
+def test_bench_rejects_no_repeat_before_building_the_model(capsys):
+    assert main(["bench", "--config", "llama-2-7b", "--repeat", "0"]) == 2
+    assert "--repeat must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_an_unknown_peer_is_named_with_the_choices():

@@ -47,6 +47,9 @@ def add_parser(commands, add_model_args) -> None:
         help="also store the KV cache of the quantized formats in this format (calibrated scales); 'none' keeps "
         "the model dtype",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="measured runs per system and batch (after a warm-up); medians reported"
+    )
     parser.add_argument("--out", help="write the measurements as JSON here")
     parser.add_argument("--plot", help="write a tokens/s plot (PNG) here; needs matplotlib")
     parser.set_defaults(handler=run_bench)
@@ -118,7 +121,7 @@ def _measure_format(
         for batch in ours:
             logger.info("measuring %s at batch %d", system, batch)
             prompts = _prompts(batch, args.input_len, vocab, args.device)
-            results.append(_logged(measure_engine(llm, prompts, args.output_len, system)))
+            results.append(_logged(measure_engine(llm, prompts, args.output_len, system, args.repeat)))
     return results  # the closed LLM and its quantized weights are freed with this frame
 
 
@@ -151,6 +154,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if unknown:  # checked before loading anything: a 7B model takes a while to build
         raise ValueError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)} or none")
     formats = _formats(args.quantization, args.tp)
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
     dtype = DTYPES[args.dtype]
     if args.config:
         model, tokenizer = random_model(args.config, dtype, args.device, args.num_layers), None
@@ -166,7 +171,7 @@ def run_bench(args: argparse.Namespace) -> int:
         for batch in peer_sizes:
             logger.info("measuring %s at batch %d", peer, batch)
             prompts = _prompts(batch, args.input_len, vocab, args.device)
-            results.append(_logged(measure_peer(peer, model, prompts, args.output_len)))
+            results.append(_logged(measure_peer(peer, model, prompts, args.output_len, args.repeat)))
             _free_device_memory()
 
     calibration = random_calibration(model, formats, args.kv_cache)
@@ -197,11 +202,13 @@ def _print_table(results: list[Measurement], args) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
         f"{args.config or args.model or 'SmolLM2-135M'} {args.dtype} on {device}, {args.input_len} in / "
-        f"{args.output_len} out, greedy"
+        f"{args.output_len} out, greedy, median of {args.repeat} run{'s' if args.repeat != 1 else ''}"
     )
-    print(f"{'system':<22}{'batch':>6}{'tokens/s':>12}{'TTFT ms':>10}{'TPOT ms':>10}")
+    print(f"{'system':<22}{'batch':>6}{'tokens/s':>12}{'TTFT ms':>10}{'TPOT ms':>10}{'TPOT range':>16}")
     for r in results:
-        print(f"{r.system:<22}{r.batch_size:>6}{r.tokens_per_s:>12.1f}{r.ttft_ms:>10.1f}{r.tpot_ms:>10.2f}")
+        spread = f"{min(r.tpot_ms_runs):.3f}-{max(r.tpot_ms_runs):.3f}" if len(r.tpot_ms_runs) > 1 else ""
+        line = f"{r.system:<22}{r.batch_size:>6}{r.tokens_per_s:>12.1f}{r.ttft_ms:>10.1f}{r.tpot_ms:>10.3f}"
+        print(line + f"{spread:>16}")
 
 
 def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> None:
@@ -226,7 +233,8 @@ def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> 
     for batch, row in rows.items():
         speeds = [f"{row[fmt].tokens_per_s:.1f}" for fmt in systems]
         ratios = [f"{row[fmt].tokens_per_s / row[first].tokens_per_s:.2f}x" for fmt in others]
-        decode_ratios = [f"{row[first].tpot_ms / row[fmt].tpot_ms:.2f}x" for fmt in others]
+        # three decimals: a bar such as 2.5x must not be met by rounding (2.499x printed 2.50x, run 73)
+        decode_ratios = [f"{row[first].tpot_ms / row[fmt].tpot_ms:.3f}x" for fmt in others]
         print(line(batch, speeds + ratios + decode_ratios))
 
 

@@ -1,4 +1,9 @@
-"""Timing of one system at one batch size: a warm-up run, then the measured one."""
+"""Timing of one system at one batch size: a warm-up run, then `repeat` measured ones, reported by their medians.
+
+One run is not enough to decide a bar: the same step of the same code moved by 10-40 us between calls on an H100
+(docs/benchmarks.md runs 72-75), about 2% of a batch-1 INT4 TPOT. Each figure is the median of the repeats, and
+every run's TPOT is kept (`tpot_ms_runs`) for the spread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -22,6 +27,7 @@ class Measurement:
     seconds: float
     ttft_ms: float
     tpot_ms: float
+    tpot_ms_runs: list[float] = field(default_factory=list)  # each measured run's TPOT (tpot_ms: their median)
 
     @property
     def tokens_per_s(self) -> float:
@@ -29,6 +35,20 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    """One measurement of repeated runs of a system and batch: the median of each figure, every run's TPOT."""
+    if not runs:
+        raise ValueError("no runs to take the median of")
+
+    def median(figure: str) -> float:
+        return statistics.median(getattr(run, figure) for run in runs)
+
+    tpots = [run.tpot_ms for run in runs]
+    return replace(
+        runs[0], seconds=median("seconds"), ttft_ms=median("ttft_ms"), tpot_ms=median("tpot_ms"), tpot_ms_runs=tpots
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -81,8 +101,8 @@ def gpu_us(fn: Callable, arg_sets: list[tuple], replays: int = 20) -> float:
     return cuda_graph_us(step, len(arg_sets), replays)
 
 
-def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int) -> Measurement:
-    """HF generate on a [batch, input_len] prompt tensor, greedy, exactly `output_len` new tokens."""
+def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int, repeat: int = 1) -> Measurement:
+    """HF generate on a [batch, input_len] prompt tensor, greedy, exactly `output_len` new tokens; `repeat` runs."""
     device = prompts.device
 
     def generate(n: int):
@@ -92,40 +112,46 @@ def measure_hf(system: str, model, prompts: torch.Tensor, output_len: int) -> Me
             )
 
     generate(output_len)  # warm-up (for torch.compile: the compilation)
-    first = _timed(lambda: generate(1), device)
-    total = _timed(lambda: generate(output_len), device)
     batch, input_len = prompts.shape
-    return Measurement(
-        system, batch, input_len, output_len, total, first * 1e3, (total - first) / max(output_len - 1, 1) * 1e3
-    )
+    runs = []
+    for _ in range(repeat):
+        first = _timed(lambda: generate(1), device)
+        total = _timed(lambda: generate(output_len), device)
+        tpot = (total - first) / max(output_len - 1, 1) * 1e3
+        runs.append(Measurement(system, batch, input_len, output_len, total, first * 1e3, tpot))
+    return median_of(runs)
 
 
 PEERS = ("eager", "inductor")
 
 
-def measure_peer(name: str, model, prompts: torch.Tensor, output_len: int) -> Measurement:
+def measure_peer(name: str, model, prompts: torch.Tensor, output_len: int, repeat: int = 1) -> Measurement:
     """A peer of `--compare`: "eager" (HF generate) or "inductor" (HF generate with a static cache, which HF
     compiles with inductor and CUDA graphs)."""
     if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
     if name == "eager":
-        return measure_hf("hf-eager", model, prompts, output_len)
+        return measure_hf("hf-eager", model, prompts, output_len, repeat)
     model.generation_config.cache_implementation = "static"
     try:
-        return measure_hf("hf-static+inductor", model, prompts, output_len)
+        return measure_hf("hf-static+inductor", model, prompts, output_len, repeat)
     finally:
         model.generation_config.cache_implementation = None
         torch._dynamo.reset()
 
 
-def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "trtllm") -> Measurement:
-    """Our engine: all prompts submitted at once, batched in flight."""
+def measure_engine(llm, prompts: torch.Tensor, output_len: int, system: str = "trtllm", repeat: int = 1) -> Measurement:
+    """Our engine: all prompts submitted at once, batched in flight; `repeat` runs after a warm-up."""
     from trtllm_compile.runtime.sampling import SamplingParams
 
-    device = prompts.device
     rows = prompts.tolist()
     params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
     llm.generate(rows, params)  # warm-up: autotuning, CUDA graph capture
+    return median_of([_engine_run(llm, prompts, params, system) for _ in range(repeat)])
+
+
+def _engine_run(llm, prompts: torch.Tensor, params, system: str) -> Measurement:
+    device, rows, output_len = prompts.device, prompts.tolist(), params.max_tokens
     engine = llm.engine
     sync(device)
     start = time.perf_counter()
