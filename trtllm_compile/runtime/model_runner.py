@@ -212,6 +212,10 @@ class ModelRunner:
     def publish_sampled(self, token_ids: torch.Tensor) -> None:
         """The engine sampled `token_ids` from this step's logits: the next step's PENDING inputs read them from
         `_samples` (where a decode graph's greedy tokens are already)."""
+        self._store_samples(token_ids)
+
+    def _store_samples(self, token_ids: torch.Tensor) -> None:
+        """Put `token_ids` at the start of `_samples`, unless they are there already (a view of it)."""
         if token_ids.data_ptr() != self._samples.data_ptr():
             self._samples[: token_ids.numel()].copy_(token_ids)
 
@@ -272,10 +276,10 @@ class ModelRunner:
         if size not in self._graphs:
             self._graphs[size] = self._capture(size)
         graph, buffer, static_logits = self._graphs[size]
-        if pending is not None and pending.token_ids.data_ptr() != self._samples.data_ptr():
-            # the graph reads them there (sampled rather than greedy, they are a copy of it already); a copy, not
+        if pending is not None:
+            # the graph reads them there (sampled rather than greedy, they are a copy of it already); not through
             # publish_sampled, which a tensor-parallel rank 0 would broadcast to ranks that do not expect it
-            self._samples[: pending.token_ids.numel()].copy_(pending.token_ids)
+            self._store_samples(pending.token_ids)
         self._inputs(sequences, size, self.max_blocks_per_seq, pending, into=buffer)  # the graph reads its views
         graph.replay()
         self._greedy = self._samples[: len(sequences)]

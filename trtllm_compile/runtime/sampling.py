@@ -137,7 +137,7 @@ def argmax(logits: Tensor, out: Tensor | None = None) -> Tensor:
         from trtllm_compile.kernels import sampling
 
         return sampling.argmax(logits.contiguous(), out=out)
-    return torch.argmax(logits, dim=-1, out=out) if out is not None else logits.argmax(dim=-1)
+    return torch.argmax(logits, dim=-1, out=out)
 
 
 def _per_row(values: list, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
