@@ -115,9 +115,11 @@ def test_paged_decode_interpreted_writes_and_rotates_the_step(
     interpreted, assert_matches, dtype, q_heads, kv_heads, splits, rotary
 ):
     """The kernel stores the step's (rotated) K/V in the cache, bit for bit as the reference does, and attends
-    with them and the rotated q. Tokens land mid-page, at a page's end and the start of the next."""
+    with them and the rotated q. Tokens land mid-page, at a page's end and the start of the next; the step's row
+    in the first tile a program reads (loaded before the row is written, then replaced in registers) and, at 70
+    tokens in one pass, in a later tile (read back from the cache)."""
     attn = interpreted("paged_attention")
-    args, scale = _paged_case([13, 1, 16, 17, 30], q_heads, kv_heads, 16, 8, dtype, "cpu")
+    args, scale = _paged_case([13, 1, 16, 17, 30, 70], q_heads, kv_heads, 16, 8, dtype, "cpu")
     q, k_cache, v_cache, tables, lens = args
     step_kv = step_kv_case(q, k_cache, tables, lens, rotary)
     before = k_cache.clone()

@@ -107,7 +107,8 @@ def _paged_decode_kernel(
     INTERLEAVED: tl.constexpr, ROTARY_DTYPE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    start_next_then_wait(PDL)
+    if not NEW_KV:
+        start_next_then_wait(PDL)
     n = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -122,10 +123,20 @@ def _paged_decode_kernel(
     offs_g, offs_d = tl.arange(0, BLOCK_G), tl.arange(0, BLOCK_D)
     heads = kv_head * GROUP + offs_g
     g_ok, d_ok = offs_g < GROUP, offs_d < HEAD_DIM
+    k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
+    bt_row = bt_ptr + n * stride_bt
+    pos = lo + tl.arange(0, BLOCK_N)
+    block = tl.load(bt_row + pos // PAGE, mask=pos < hi, other=0)
+    if NEW_KV:
+        # The step writes its own K/V row below, so every other row the step reads was written by an earlier
+        # step: the first tile is loaded before waiting for the kernel before (PDL), under its tail.
+        k_first, v_first = _load_tile(k_head, v_head, block, pos, pos < hi, offs_d, d_ok,
+                                      stride_kb, stride_ks, stride_vb, stride_vs, PAGE)  # fmt: skip
+        block = tl.load(bt_row + (pos + BLOCK_N) // PAGE, mask=pos + BLOCK_N < hi, other=0)
+        start_next_then_wait(PDL)
     q_mask = g_ok[:, None] & d_ok[None, :]
     q_rows = q_ptr + n * stride_qn + heads[:, None] * stride_qh
     q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
-    k_head, v_head = k_ptr + kv_head * stride_kh, v_ptr + kv_head * stride_vh
     if ROTARY_HALF:  # q and the step's k arrive unrotated: `trtllm::rope` with this token's cos / sin row
         if INTERLEAVED:  # pairs (2j, 2j + 1)
             first_of_pair, partner = offs_d % 2 == 0, offs_d ^ 1
@@ -141,21 +152,21 @@ def _paged_decode_kernel(
                            ROTARY_DTYPE, q.dtype)  # fmt: skip
         q = tl.where(rotated[None, :], q_rotated, q)
     if NEW_KV:  # the step's K/V row goes into the cache here, by the program whose partition holds its position
+        k_new = tl.load(new_k_ptr + n * stride_nkn + kv_head * stride_nkh + offs_d, mask=d_ok, other=0.0)
+        v_new = tl.load(new_v_ptr + n * stride_nvn + kv_head * stride_nvh + offs_d, mask=d_ok, other=0.0)
+        if ROTARY_HALF:
+            k_partner = tl.load(new_k_ptr + n * stride_nkn + kv_head * stride_nkh + partner, mask=rotated)
+            k_rotated = rotate(k_new.to(tl.float32), k_partner.to(tl.float32), cos, sin, sign,
+                               ROTARY_DTYPE, k_new.dtype)  # fmt: skip
+            k_new = tl.where(rotated, k_rotated, k_new)
+        if KV_FP8:
+            k_new, v_new = to_e4m3(k_new, inverse_scale(k_scale_ptr)), to_e4m3(v_new, inverse_scale(v_scale_ptr))
         if (lo < hi) & (hi == seq_len):
             slot = tl.load(slot_ptr + n).to(tl.int64)
-            k_new = tl.load(new_k_ptr + n * stride_nkn + kv_head * stride_nkh + offs_d, mask=d_ok)
-            v_new = tl.load(new_v_ptr + n * stride_nvn + kv_head * stride_nvh + offs_d, mask=d_ok)
-            if ROTARY_HALF:
-                k_partner = tl.load(new_k_ptr + n * stride_nkn + kv_head * stride_nkh + partner, mask=rotated)
-                k_rotated = rotate(k_new.to(tl.float32), k_partner.to(tl.float32), cos, sin, sign,
-                                   ROTARY_DTYPE, k_new.dtype)  # fmt: skip
-                k_new = tl.where(rotated, k_rotated, k_new)
-            if KV_FP8:
-                k_new, v_new = to_e4m3(k_new, inverse_scale(k_scale_ptr)), to_e4m3(v_new, inverse_scale(v_scale_ptr))
-            block, in_page = slot // PAGE, slot % PAGE
-            tl.store(k_head + block * stride_kb + in_page * stride_ks + offs_d, k_new, mask=d_ok)
-            tl.store(v_head + block * stride_vb + in_page * stride_vs + offs_d, v_new, mask=d_ok)
-        tl.debug_barrier()  # this program's threads read the row back below: its stores must be visible to them
+            block_new, in_page_new = slot // PAGE, slot % PAGE
+            tl.store(k_head + block_new * stride_kb + in_page_new * stride_ks + offs_d, k_new, mask=d_ok)
+            tl.store(v_head + block_new * stride_vb + in_page_new * stride_vs + offs_d, v_new, mask=d_ok)
+        tl.debug_barrier()  # the tiles after the first read the row back: its stores must be visible to them
     if KV_FP8 and USE_DOT and not FP32:
         # E4M3 codes become fp16 in one instruction a pair (bf16 takes three), so the tensor cores multiply in
         # fp16, which holds the codes and probabilities exactly. q is scaled first (the softmax scale, 1 / sqrt(D)
@@ -168,47 +179,23 @@ def _paged_decode_kernel(
     if KV_FP8:  # scores of the K codes times k_scale; the output of the V codes times v_scale (at the end)
         scale = scale * tl.load(k_scale_ptr).to(tl.float32)
 
-    bt_row = bt_ptr + n * stride_bt
-    pos = lo + tl.arange(0, BLOCK_N)
-    block = tl.load(bt_row + pos // PAGE, mask=pos < hi, other=0)
-    for start in range(lo, hi, BLOCK_N):
+    rest = lo
+    if NEW_KV:
+        if lo < hi:  # the first tile, loaded before the step's row was written: that row from registers
+            is_new = (pos == seq_len - 1)[:, None]
+            k_first = tl.where(is_new, k_new[None, :], k_first)
+            v_first = tl.where(is_new, v_new[None, :], v_first)
+            m_i, l_i, acc = _attend_tile(q, k_first, v_first, pos < hi, m_i, l_i, acc, scale, softcap,
+                                         SOFTCAP, USE_DOT, FP32, KV_FP8)  # fmt: skip
+        rest = lo + BLOCK_N
+    for start in range(rest, hi, BLOCK_N):
         pos = start + tl.arange(0, BLOCK_N)
         p_ok = pos < hi
-        kv_mask = p_ok[:, None] & d_ok[None, :]
-        in_page, block = pos % PAGE, block.to(tl.int64)
-        k_rows = k_head + block * stride_kb + in_page * stride_ks
-        v_rows = v_head + block * stride_vb + in_page * stride_vs
         # K and V issued together, then the next tile's block ids: all in flight while this tile's math runs
-        k = tl.load(k_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        k, v = _load_tile(k_head, v_head, block, pos, p_ok, offs_d, d_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+                          PAGE)  # fmt: skip
         block = tl.load(bt_row + (pos + BLOCK_N) // PAGE, mask=pos + BLOCK_N < hi, other=0)
-        if KV_FP8:  # the codes as they are: exact in fp16 or q's dtype (tensor cores), or fp32 (CUDA cores)
-            k = k.to(q.dtype if USE_DOT else tl.float32)
-            v = v.to(q.dtype if USE_DOT else tl.float32)
-        if USE_DOT:  # tensor cores, query heads padded to 16 rows
-            if FP32:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-        else:  # one or two query heads: broadcast-multiply-reduce in fp32
-            s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2)
-        s = s * scale
-        if SOFTCAP:
-            s = softcap * tanh(s / softcap)
-        s = tl.where(p_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
-        p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if USE_DOT:
-            if FP32:
-                pv = tl.dot(p, v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-        else:
-            pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, p_ok, m_i, l_i, acc, scale, softcap, SOFTCAP, USE_DOT, FP32, KV_FP8)
 
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr).to(tl.float32)
@@ -233,6 +220,50 @@ def _paged_decode_kernel(
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty sequence gives zeros
         o_ptrs = out_ptr + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _load_tile(k_head, v_head, block, pos, p_ok, offs_d, d_ok, stride_kb, stride_ks, stride_vb, stride_vs,
+               PAGE: tl.constexpr):  # fmt: skip
+    """The K and V rows of positions `pos` ([BLOCK_N], those past p_ok zero) from their blocks' ids `block`."""
+    kv_mask = p_ok[:, None] & d_ok[None, :]
+    in_page, block = pos % PAGE, block.to(tl.int64)
+    k = tl.load((k_head + block * stride_kb + in_page * stride_ks)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load((v_head + block * stride_vb + in_page * stride_vs)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _attend_tile(q, k, v, p_ok, m_i, l_i, acc, scale, softcap, SOFTCAP: tl.constexpr, USE_DOT: tl.constexpr,
+                 FP32: tl.constexpr, KV_FP8: tl.constexpr):  # fmt: skip
+    """One tile of online softmax: the running max m_i, sum l_i and unnormalized output acc after K/V rows
+    `k` / `v` (those past p_ok masked out)."""
+    if KV_FP8:  # the codes as they are: exact in fp16 or q's dtype (tensor cores), or fp32 (CUDA cores)
+        k = k.to(q.dtype if USE_DOT else tl.float32)
+        v = v.to(q.dtype if USE_DOT else tl.float32)
+    if USE_DOT:  # tensor cores, query heads padded to 16 rows
+        if FP32:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+    else:  # one or two query heads: broadcast-multiply-reduce in fp32
+        s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2)
+    s = s * scale
+    if SOFTCAP:
+        s = softcap * tanh(s / softcap)
+    s = tl.where(p_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+    p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if USE_DOT:
+        if FP32:
+            pv = tl.dot(p, v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+    else:
+        pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
+    return m_new, l_i, acc * alpha[:, None] + pv
 
 
 @triton.jit
