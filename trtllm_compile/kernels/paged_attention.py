@@ -12,6 +12,11 @@ heads multiply on the tensor cores, padded to 16 rows; for one or two the plan c
 Llama-2-7B head (MHA) streamed its bf16 cache at 2.93-3.02 TB/s against 2.85-2.97 on CUDA cores, and an FP8 cache
 at 2.28-2.67 against 1.74-1.98 (H100, 64 to 512 sequences of 512 tokens, benchmarks/decode_attention_plans.py).
 
+With the step's own K/V (`StepKV`: a decode-only step), each program loads its sequence length, block ids and first
+K/V tile before it waits for the kernel before (PDL): every row but the step's was written by an earlier step, and
+the step's row, which this kernel writes, replaces its stale copy in registers. The tile's loads then run under
+the QKV GEMM's tail: 50 us of a 1.96 ms Llama-2-7B INT4 batch-1 step (docs/benchmarks.md run 79).
+
 An FP8 cache (float8_e4m3fn, with per-tensor k_scale / v_scale) is read as its codes, which every q dtype holds
 exactly, and the scales multiply the scores (k_scale) and the output (v_scale) instead of each element: the
 reference dequantizes each element and rounds it to q's dtype (`trtllm::fp8_qdq`'s read), which the kernel skips.

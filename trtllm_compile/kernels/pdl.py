@@ -6,7 +6,8 @@ With PDL a kernel launched with `**launch_args(device)` may start as soon as eve
 it has started (each calls `start_next_then_wait` first thing). Its programs then do what depends on no other
 kernel (a GEMV asks L2 for its first weight tile, `prefetch_l2`) and wait (`gdc_wait`) until the kernel before
 has finished and its writes are visible. Nothing before that wait may read what a kernel of the step writes,
-nor store anything: weights and scales only.
+nor store anything: weights and scales, and what the host copied in before the step (positions, block tables);
+the decode attention kernel also reads K/V rows of earlier steps there (kernels/paged_attention.py).
 
 The wait is transitive (a kernel finishes only after its own wait), and a kernel launched without PDL (cuBLAS,
 torch's own kernels) waits for the one before it as usual, so a chain that mixes them stays ordered. CUDA-graph
