@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -50,6 +52,20 @@ def val(node: object):
 
 def is_op(node: object, *targets) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in targets
+
+
+_SLICE_DEFAULTS = (0, None, None, 1)  # aten.slice.Tensor's dim, start, end, step
+
+
+def last_dim_slice(node: object) -> tuple[int, int] | None:
+    """(start, end), end clamped to the size, when `node` slices the last dim of its input with step 1."""
+    if not is_op(node, aten.slice.Tensor) or node.kwargs:
+        return None
+    source = node.args[0]
+    dim, start, end, step = (*node.args[1:], *_SLICE_DEFAULTS[len(node.args) - 1 :])
+    if dim not in (-1, val(source).dim() - 1) or step != 1:
+        return None
+    return start or 0, min(sys.maxsize if end is None else end, val(source).shape[-1])
 
 
 def op_name(node: torch.fx.Node) -> str:

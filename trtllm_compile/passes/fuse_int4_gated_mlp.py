@@ -12,27 +12,14 @@ LOWER, keeps the pair its converters take.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.fx
 
 import trtllm_compile.ops.quant  # noqa: F401  (registers torch.ops.trtllm.int4_gated_linear)
-from trtllm_compile.fx_utils import aten, is_op, val
+from trtllm_compile.fx_utils import is_op, last_dim_slice, val
 from trtllm_compile.passes.registry import Stage, register_pass
 
 trtllm = torch.ops.trtllm
-_SLICE_DEFAULTS = (0, None, None, 1)  # aten.slice.Tensor's dim, start, end, step
-
-
-def _slice_of(node: object, source: torch.fx.Node) -> tuple[int, int] | None:
-    """(start, end) when `node` slices the last dim of `source` with step 1."""
-    if not is_op(node, aten.slice.Tensor) or node.args[0] is not source or node.kwargs:
-        return None
-    dim, start, end, step = (*node.args[1:], *_SLICE_DEFAULTS[len(node.args) - 1 :])
-    if dim not in (-1, val(source).dim() - 1) or step != 1:
-        return None
-    return start or 0, min(sys.maxsize if end is None else end, val(source).shape[-1])
 
 
 def _gate_up_gemm(activation: torch.fx.Node) -> torch.fx.Node | None:
@@ -44,7 +31,7 @@ def _gate_up_gemm(activation: torch.fx.Node) -> torch.fx.Node | None:
     width = val(gemm).shape[-1]
     if not isinstance(width, int) or width % 2:
         return None
-    if _slice_of(gate, gemm) != (0, width // 2) or _slice_of(up, gemm) != (width // 2, width):
+    if last_dim_slice(gate) != (0, width // 2) or last_dim_slice(up) != (width // 2, width) or up.args[0] is not gemm:
         return None
     if set(gemm.users) != {gate, up} or set(gate.users) != {activation} or set(up.users) != {activation}:
         return None

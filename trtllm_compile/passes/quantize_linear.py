@@ -24,7 +24,7 @@ import torch
 import torch.fx
 
 from trtllm_compile.capture import STEP_MODEL_ATTRIBUTE
-from trtllm_compile.fx_utils import aten, constant_of, insert_constant, is_op, val
+from trtllm_compile.fx_utils import aten, constant_of, insert_constant, is_op, last_dim_slice, val
 from trtllm_compile.passes.registry import Stage, register_pass
 from trtllm_compile.quantization.apply import input_scale_for, prepare_weight
 from trtllm_compile.quantization.calibration import Calibration
@@ -78,13 +78,11 @@ class LinearNames:
 
 def row_splits(linear: torch.fx.Node) -> list[int] | None:
     """Output rows of each part of a fused GEMM, read from the slices fuse_gemms put on its output."""
-    spans = []
-    for user in linear.users:
-        if not is_op(user, aten.slice.Tensor) or user.args[1] not in (-1, val(linear).dim() - 1):
-            return None
-        spans.append((user.args[2], user.args[3]))
+    spans = [last_dim_slice(user) for user in linear.users]
+    if not spans or None in spans:
+        return None
     spans.sort()
-    if not spans or spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)):
+    if spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:], strict=False)):
         return None
     return [end - start for start, end in spans]
 
@@ -143,8 +141,9 @@ def _divide_rows(gm, linear: torch.fx.Node, rows: slice, scale: torch.Tensor) ->
 
 def _gemm_rows(node: torch.fx.Node) -> tuple[torch.fx.Node, slice]:
     """(GEMM, its output rows) behind `node`: a slice of a fused GEMM's last dim that only it reads, or all rows."""
-    if is_op(node, aten.slice.Tensor) and node.args[1] in (-1, val(node).dim() - 1) and len(node.users) == 1:
-        return node.args[0], slice(node.args[2], node.args[3])
+    span = last_dim_slice(node)
+    if span is not None and len(node.users) == 1:
+        return node.args[0], slice(*span)
     return node, slice(None)
 
 
