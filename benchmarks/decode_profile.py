@@ -30,6 +30,7 @@ import torch
 from trtllm_compile.bench import measure
 from trtllm_compile.bench.cli import WEIGHT_FORMATS, format_config, random_calibration
 from trtllm_compile.bench.shapes import SHAPES, random_model
+from trtllm_compile.kernels import tuning
 from trtllm_compile.models import load_model
 from trtllm_compile.quantization.config import KV_CACHE_FORMATS
 from trtllm_compile.runtime.llm import LLM
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         "kernels": rows,
         "categories": categories,
         "prefill": prefill_step,
+        "tuned_plans": tuning.chosen_plans(),
     }
     if args.out:
         with open(args.out, "w") as f:

@@ -30,7 +30,9 @@ def test_bench_on_cpu_measures_engine_and_eager_peer(tmp_path, capsys):
         str(out),
     ]
     assert main(argv) == 0
-    results = json.loads(out.read_text())["results"]
+    written = json.loads(out.read_text())
+    assert written["tuned_plans"] == []  # nothing is timed on CPU (the reference ops run)
+    results = written["results"]
     assert sorted((r["system"], r["batch_size"]) for r in results) == [
         ("hf-eager", 1),
         ("hf-eager", 2),
@@ -136,3 +138,20 @@ def test_layer_gemms_are_the_fused_gemms_of_the_shapes_layer(shape):
     }
     with pytest.raises(ValueError, match="not a Llama-style shape"):
         layer_gemms("gptj-6b")
+
+
+def test_the_tuner_s_picks_are_listed_with_every_candidate_s_time(monkeypatch):
+    import torch
+
+    from trtllm_compile.kernels import tuning
+
+    key = ("paged_decode", 1, 32, 32, 128, 16, torch.bfloat16, torch.device("cuda", 0))
+    monkeypatch.setattr(tuning, "plans", {key: "N32 w2 s2"})
+    monkeypatch.setattr(tuning, "tuning_log", {key: {"N32 w2 s2": 0.0071234, "N64 w4 s2": 0.0083}})
+    assert tuning.chosen_plans() == [
+        {
+            "key": ["paged_decode", "1", "32", "32", "128", "16", "torch.bfloat16"],
+            "plan": "N32 w2 s2",
+            "us": {"N32 w2 s2": 7.12, "N64 w4 s2": 8.3},
+        }
+    ]

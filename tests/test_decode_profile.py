@@ -25,6 +25,7 @@ def test_decode_profile_on_cpu_reports_wall_time_and_op_categories(tmp_path, cap
     result = json.loads(out.read_text())
     assert result["host"]["wall_ms"] > 0 and result["host"]["tokens_per_s"] > 0
     assert result["host"]["gpu_ms"] is None  # no CUDA graphs on CPU
+    assert result["tuned_plans"] == []  # nor plans timed
     assert result["kernel_source"].startswith("CPU self time")
     categories = {c["category"]: c["us"] for c in result["categories"]}
     assert list(categories)[0] == "GEMM" and "other" in categories

@@ -147,6 +147,7 @@ def _free_device_memory() -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from trtllm_compile.cli import DTYPES
+    from trtllm_compile.kernels import tuning
     from trtllm_compile.models import load_model
 
     peers = [] if args.compare == "none" else [p.strip() for p in args.compare.split(",")]
@@ -189,6 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     "args": {k: v for k, v in vars(args).items() if k != "handler"},
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                     "results": [r.as_dict() for r in results],
+                    "tuned_plans": tuning.chosen_plans(),  # on a GPU: which plan each kernel shape ran
                 },
                 f,
                 indent=2,

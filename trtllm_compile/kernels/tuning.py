@@ -87,6 +87,19 @@ def plan_times_us(key: tuple, run: Callable[[P], object], candidates: Sequence[P
     return {plan: 1e3 * ms for plan, ms in tuning_log[key].items()}
 
 
+def chosen_plans() -> list[dict]:
+    """Each key tuned in this process (without its device), the plan chosen and every candidate's time in us: what
+    `bench --out` records, so that two runs' picks can be compared where their figures differ."""
+    return [
+        {
+            "key": [str(part) for part in key[:-1]],
+            "plan": str(plan),
+            "us": {name: round(1e3 * ms, 2) for name, ms in tuning_log.get(key, {}).items()},
+        }
+        for key, plan in plans.items()
+    ]
+
+
 def cached_plan(key: tuple, candidates: Sequence[P], run: Callable[[P], object]) -> P:
     """The plan cached for `key` (a tuple ending with the device). The first call times `candidates` (`run(plan)`
     launches one) unless tuning is off (TRTLLM_TRITON_AUTOTUNE=0, `kernels.fixed_plans()`, a device other than
