@@ -131,6 +131,27 @@ def test_paged_decode_interpreted_writes_and_rotates_the_step(
     assert torch.equal(k_cache, caches[0]) and torch.equal(v_cache, caches[1])
 
 
+@pytest.mark.parametrize("splits", [None, 3], ids=["one-pass", "split-k"])
+@pytest.mark.parametrize("variant", ["softcap", "window"])
+def test_paged_decode_interpreted_writes_the_step_under_softcap_and_window(
+    interpreted, assert_matches, variant, splits
+):
+    """With the step's K/V, a sliding window moves where each program's first tile (the one loaded before the
+    step's row is written) starts; soft-capping changes the scores of the row replaced in registers."""
+    attn = interpreted("paged_attention")
+    args, scale = _paged_case([13, 1, 16, 17, 30, 70], 8, 2, 16, 8, torch.float32, "cpu")
+    q, k_cache, v_cache, tables, lens = args
+    step_kv = step_kv_case(q, k_cache, tables, lens, ROTARY["rotate-half"])
+    caches = k_cache.clone(), v_cache.clone()
+    options = VARIANTS[variant]
+    expected = attn.paged_decode_attention_reference(q, *caches, tables, lens, scale, step_kv=step_kv, **options)
+    actual = attn.paged_decode_attention(
+        q, k_cache, v_cache, tables, lens, scale, num_splits=splits, step_kv=step_kv, **options
+    )
+    assert_matches(actual, expected, "attention")
+    assert torch.equal(k_cache, caches[0]) and torch.equal(v_cache, caches[1])
+
+
 GPU_SHAPES = [  # (q heads, kv heads, head dim, block size): Llama-2-7B, Llama-3-8B, a small MQA model
     (32, 32, 128, 16),
     (32, 8, 128, 32),
