@@ -3,7 +3,10 @@ counts each should give."""
 
 from __future__ import annotations
 
+import importlib.util
+import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import transformers
@@ -14,6 +17,15 @@ LAYERS = 2
 # matmul-softmax, fused residual add), so they agree to float32 rounding over a few layers: 1e-4 relative to
 # the largest logit is the bar the issue sets, and the measured error is ~1e-7.
 FP32_REL_TOL = 1e-4
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """A script of benchmarks/ (not a package) as a module, e.g. load_benchmark("decode_profile")."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

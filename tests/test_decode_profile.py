@@ -1,26 +1,16 @@
 """benchmarks/decode_profile.py runs on CPU with the embedded default model and writes its figures."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_profile.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("decode_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import load_benchmark
 
 
 @pytest.mark.slow
 def test_decode_profile_on_cpu_reports_wall_time_and_op_categories(tmp_path, capsys):
     out = tmp_path / "profile.json"
     argv = "--config default --dtype float32 --device cpu --batch 2 --context 16 --steps 3 --profile-steps 2 --prefill"
-    _load_script().main([*argv.split(), "--out", str(out)])
+    load_benchmark("decode_profile").main([*argv.split(), "--out", str(out)])
 
     result = json.loads(out.read_text())
     assert result["host"]["wall_ms"] > 0 and result["host"]["tokens_per_s"] > 0
@@ -66,7 +56,7 @@ def test_kernel_rows_keep_device_kernels_and_categorize_them():
         event("aten::mm", cpu, 900.0),  # the CPU op that launched the GEMM: its device time is the kernel's
         event("## Call CompiledFxGraph ##", cuda, 5000.0, annotation=True),
     ]
-    module = _load_script()
+    module = load_benchmark("decode_profile")
     rows, source = module.kernel_rows(SimpleNamespace(key_averages=lambda: events), steps=2)
     assert source == "device kernel time"
     assert [r["name"] for r in rows][:2] == ["nvjet_tst_64x8_64x16_4x1_v_bz_splitK_TNT", "_paged_decode_kernel"]
@@ -88,11 +78,12 @@ def test_kernel_rows_keep_device_kernels_and_categorize_them():
 def test_decode_profile_quantizes_the_step_graph_and_its_kv_cache(tmp_path):
     out = tmp_path / "profile.json"
     argv = "--config default --dtype float32 --device cpu --batch 2 --context 16 --steps 2 --profile-steps 1"
-    _load_script().main([*argv.split(), "--quantization", "fp8", "--kv-cache", "fp8", "--out", str(out)])
+    argv += " --quantization fp8 --kv-cache fp8"
+    load_benchmark("decode_profile").main([*argv.split(), "--out", str(out)])
 
     result = json.loads(out.read_text())
     assert result["args"]["quantization"] == "fp8" and result["args"]["kv_cache"] == "fp8"
     names = [row["name"] for row in result["kernels"]]
     assert any("fp8_linear" in name for name in names)
     with pytest.raises(SystemExit):  # the KV cache scales come from the weight format's calibration
-        _load_script().parse_args(["--kv-cache", "fp8"])
+        load_benchmark("decode_profile").parse_args(["--kv-cache", "fp8"])

@@ -1,21 +1,9 @@
 """benchmarks/fp8_weight_floor.py: every linear FP8 quantizes, and only those, gets FP8 values in float."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
-from support import TINY_MODELS
+from support import TINY_MODELS, load_benchmark
 
 from trtllm_compile.quantization import QuantConfig
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fp8_weight_floor.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fp8_weight_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_weights_become_their_fp8_values_but_the_lm_head():
@@ -23,7 +11,7 @@ def test_weights_become_their_fp8_values_but_the_lm_head():
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untied, to see it kept
     before = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     config = QuantConfig.from_name("fp8", activations="dynamic")
-    assert _load_script().round_weights_to_fp8(model, config) == len(before) - 1
+    assert load_benchmark("fp8_weight_floor").round_weights_to_fp8(model, config) == len(before) - 1
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
