@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-windows", type=int, default=16)
     args = parser.parse_args(argv)
     text = read_text(args.text)
-    model, tokenizer = load_model(None, dtype=torch.float32, device="cpu")
-    base = evaluate_perplexity(model, tokenizer, text, args.window, args.max_windows, progress=False)
-    increases = {}
+    base, increases = None, {}
     for weight_scales in ("channel", "tensor"):
-        model, tokenizer = load_model(None, dtype=torch.float32, device="cpu")
+        model, tokenizer = load_model(None, dtype=torch.float32, device="cpu")  # float weights again
+        if base is None:
+            base = evaluate_perplexity(model, tokenizer, text, args.window, args.max_windows, progress=False)
         config = QuantConfig.from_name("fp8", weight_scales=weight_scales, activations="dynamic")
         count = round_weights_to_fp8(model, config)
         ppl = evaluate_perplexity(model, tokenizer, text, args.window, args.max_windows, progress=False)
