@@ -8,6 +8,7 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from trtllm_compile.capture import trace_aten
+from trtllm_compile.passes import patterns as patterns_module
 from trtllm_compile.passes.match_norm import match_rms_norm
 from trtllm_compile.passes.patterns import PatternSet
 from trtllm_compile.passes.remove_noops import remove_noops
@@ -54,3 +55,41 @@ def test_graph_traced_from_real_tensors_can_be_matched(run_pass, op_counts):
     remove_noops(gm, None)
     assert run_pass(match_rms_norm, gm) == 1
     assert op_counts(gm) == {"trtllm.rms_norm": 1}
+
+
+def test_matches_of_one_shape_share_their_traces(trace, monkeypatch):
+    """Inductor traces the search and replacement again for every match, to check literals against its shapes;
+    within one graph, matches of the same shapes and scalars share those traces."""
+    patterns = _doubling_patterns([], (torch.float32,))
+    patterns.apply(trace(double_in_fp32, torch.randn(4)))  # registration's traces are not counted
+    traced = []
+    trace_aten_of_patterns = patterns_module.trace_aten
+    monkeypatch.setattr(
+        patterns_module, "trace_aten", lambda fn, args: traced.append(fn) or trace_aten_of_patterns(fn, args)
+    )
+
+    def three_sites(x, y):
+        return double_in_fp32(double_in_fp32(x)) + double_in_fp32(y).sum()
+
+    x, y = torch.randn(4), torch.randn(2, 3)
+    gm = trace(three_sites, x, y)
+    assert patterns.apply(gm) == 3
+    gm.recompile()
+    torch.testing.assert_close(gm(x, y), three_sites(x, y), atol=0, rtol=0)
+    assert len(traced) == 4  # search and replacement, for shape [4] and for [2, 3]
+
+
+def test_trace_key_tells_apart_what_traces_apart():
+    def pattern(x, flag):
+        return x
+
+    key = patterns_module._trace_key
+    assert key(pattern, [torch.randn(4), True]) == key(pattern, [torch.zeros(4), True])  # values are not traced
+    assert key(pattern, [torch.randn(4), True]) != key(pattern, [torch.randn(4), 1])
+    assert key(pattern, [torch.randn(4), 1]) != key(pattern, [torch.randn(4), 1.0])
+    assert key(pattern, [torch.randn(4), 1]) != key(pattern, [torch.randn(2, 2), 1])
+    assert key(pattern, [torch.randn(4), 1]) != key(pattern, [torch.randn(4, dtype=torch.float16), 1])
+    assert key(pattern, [torch.randn(4, 2).t(), 1]) != key(pattern, [torch.randn(2, 4), 1])
+    assert key(pattern, [torch.randn(4), [1, 2]]) != key(pattern, [torch.randn(4), (1, 2)])
+    scaled = [lambda x, s=s: x * s for s in (2, 3)]  # one code object, two defaults
+    assert key(scaled[0], [torch.randn(4)]) != key(scaled[1], [torch.randn(4)])
