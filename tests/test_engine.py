@@ -113,19 +113,25 @@ def test_streamed_deltas_hold_back_half_decoded_characters():
     assert deltas == ["", "é", "!"]
 
 
-@pytest.mark.parametrize("available, expected", [(None, "full"), (2**14, "one_sequence"), (2**22, "budget")])
-def test_cpu_kv_cache_fits_a_share_of_host_memory(monkeypatch, available, expected):
-    """Default CPU cache: a full batch of full-length sequences, capped at a quarter of the available host memory,
-    and never smaller than one full-length sequence."""
+@pytest.mark.parametrize(
+    "available, cap_bytes, expected",
+    [(None, 2**30, "full"), (2**14, 2**30, "one_sequence"), (2**22, 2**30, "budget"), (2**40, 2**20, "cap")],
+)
+def test_cpu_kv_cache_fits_a_share_of_host_memory(monkeypatch, available, cap_bytes, expected):
+    """Default CPU cache: a full batch of full-length sequences, capped at a quarter of the available host memory
+    and at CPU_KV_CACHE_MAX_BYTES, and never smaller than one full-length sequence."""
     from trtllm_compile.runtime import model_runner
 
     monkeypatch.setattr(model_runner, "available_host_memory", lambda: available)
+    monkeypatch.setattr(model_runner, "CPU_KV_CACHE_MAX_BYTES", cap_bytes)
     runner = LLM(generating_model("llama"), max_batch_size=64, max_num_tokens=128).engine.runner
     per_block = runner.kv_cache[:, :, :1].numel() * runner.kv_cache.element_size()
-    full, one_sequence = 64 * runner.max_blocks_per_seq, runner.max_blocks_per_seq
+    full, one_sequence, cap = 64 * runner.max_blocks_per_seq, runner.max_blocks_per_seq, cap_bytes // per_block
     budget = int((available or 0) * model_runner.CPU_KV_CACHE_FRACTION) // per_block
-    assert one_sequence < budget < full or expected != "budget"  # the case tests what it says
-    assert runner.num_blocks == {"full": full, "one_sequence": one_sequence, "budget": budget}[expected]
+    assert one_sequence < budget < full or expected != "budget"  # each case tests what it says
+    assert one_sequence < cap < min(full, budget) or expected != "cap"
+    assert full < cap or expected != "full"
+    assert runner.num_blocks == {"full": full, "one_sequence": one_sequence, "budget": budget, "cap": cap}[expected]
 
 
 def test_overlap_scheduling_gives_the_tokens_of_reading_every_step_back():

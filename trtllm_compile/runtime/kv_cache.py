@@ -24,6 +24,8 @@ SeqId = Hashable
 
 
 CPU_KV_CACHE_FRACTION = 0.25  # of the host's available memory: weights and activations share the rest
+# and at most this much: the cache is zeroed when made, and 5 GiB took 7 s of the first generate() on a 2-core host
+CPU_KV_CACHE_MAX_BYTES = 1 << 30
 
 
 def available_host_memory() -> int | None:

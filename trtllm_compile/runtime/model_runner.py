@@ -20,7 +20,12 @@ import torch
 
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.kernels import TRITON_AVAILABLE, fixed_plans
-from trtllm_compile.runtime.kv_cache import CPU_KV_CACHE_FRACTION, available_host_memory, num_blocks_for_memory
+from trtllm_compile.runtime.kv_cache import (
+    CPU_KV_CACHE_FRACTION,
+    CPU_KV_CACHE_MAX_BYTES,
+    available_host_memory,
+    num_blocks_for_memory,
+)
 from trtllm_compile.runtime.sampling import argmax
 from trtllm_compile.runtime.scheduler import PENDING, ScheduledBatch
 from trtllm_compile.runtime.step_graph import build_step_graph
@@ -167,13 +172,14 @@ class ModelRunner:
             torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info(self.device)
             return num_blocks_for_memory(free, gpu_memory_fraction, self._bytes_per_block())
-        # CPU: room for a full batch of full sequences, within a share of the host's memory (at least one sequence)
+        # CPU: room for a full batch of full sequences, within a share of the host's memory and a fixed cap (at
+        # least one full sequence); `num_blocks` asks for more
         full_batch = max_batch_size * self.max_blocks_per_seq
+        per_block = self._bytes_per_block()
+        cap = CPU_KV_CACHE_MAX_BYTES // per_block
         available = available_host_memory()
-        if available is None:
-            return full_batch
-        fit = num_blocks_for_memory(available, CPU_KV_CACHE_FRACTION, self._bytes_per_block())
-        return max(self.max_blocks_per_seq, min(full_batch, fit))
+        fit = cap if available is None else num_blocks_for_memory(available, CPU_KV_CACHE_FRACTION, per_block)
+        return max(self.max_blocks_per_seq, min(full_batch, fit, cap))
 
     def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
         """Logits [num_sequences, vocab] (the model's dtype: the sampler casts what it needs to float32) of each
