@@ -1,6 +1,7 @@
-"""trtllm.paged_attention with an FP8 KV cache (k_scale / v_scale) against the simulated one it replaces:
-fp8_qdq(K), fp8_qdq(V) written to a cache in the model dtype. Both round K/V identically (same quantize, same
-dequantize in the same order), so every step's output and every cached value must be bit-for-bit equal."""
+"""trtllm.paged_attention's PyTorch body: a decode sees what the same token saw as the last of a prefill, and an
+FP8 KV cache (k_scale / v_scale) against the simulated one it replaces: fp8_qdq(K), fp8_qdq(V) written to a
+cache in the model dtype. Both round K/V identically (same quantize, same dequantize in the same order), so
+every step's output and every cached value must be bit-for-bit equal."""
 
 from __future__ import annotations
 
@@ -52,6 +53,32 @@ def _run(kv_cache, dtype, window, kv: str) -> list[torch.Tensor]:
 
 def _cache(dtype):
     return torch.zeros(LAYERS, 2, NUM_BLOCKS, PAGE, KV_HEADS, HEAD_DIM, dtype=dtype)
+
+
+@pytest.mark.parametrize("window", [-1, 3, 7], ids=["full", "window", "window-of-all"])
+@pytest.mark.parametrize("softcap", [0.0, 5.0], ids=["no-softcap", "softcap"])
+def test_decode_sees_what_the_last_token_of_a_prefill_sees(window, softcap):
+    """A decode attends without a mask (to the window's last keys, sliced); the prefill's last row is masked."""
+    tokens = 7
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, Q_HEADS, tokens, HEAD_DIM, generator=gen)
+    k, v = (torch.randn(1, KV_HEADS, tokens, HEAD_DIM, generator=gen) for _ in range(2))
+    table = torch.tensor([[3, 0, 5]], dtype=torch.int32)
+    slots = torch.tensor([int(table[0, p // PAGE]) * PAGE + p % PAGE for p in range(tokens)])
+
+    def attend(cache, first: int, last: int):
+        """Tokens first..last-1 of the sequence, as one step."""
+        rows, length = slice(first, last), torch.tensor([last], dtype=torch.int32)
+        return ops.paged_attention(
+            q[:, :, rows], k[:, :, rows], v[:, :, rows], cache, slots[rows], table, length,
+            torch.tensor([0, last - first], dtype=torch.int32), 0, HEAD_DIM**-0.5, window, softcap,
+        )  # fmt: skip
+
+    prefill = attend(_cache(torch.float32), 0, tokens)
+    cache = _cache(torch.float32)
+    attend(cache, 0, tokens - 1)
+    decode = attend(cache, tokens - 1, tokens)
+    torch.testing.assert_close(decode, prefill[:, :, -1:])
 
 
 @pytest.mark.parametrize("window", [-1, 3], ids=["full", "window"])

@@ -67,14 +67,9 @@ def cuda_kernel(name: str) -> Callable[[Callable], Callable]:
 def bind_cuda_kernels(gm: torch.fx.GraphModule) -> int:
     """Call the registered CUDA implementations directly instead of through their ops; the graph then runs on
     CUDA tensors only. Returns how many calls were bound."""
-    bound = 0
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-            fn = CUDA_KERNELS.get(node.target.name())
-            if fn is not None:
-                node.target, bound = fn, bound + 1
-    gm.recompile()
-    return bound
+    from trtllm_compile.ops.library import bind_calls
+
+    return bind_calls(gm, CUDA_KERNELS)
 
 
 def register_cuda_kernels() -> bool:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trtllm_compile.ops.library import custom_op
+
 
 def visibility_mask(q_len: int, kv_len: int, is_causal: bool, sliding_window: int, device) -> Tensor | None:
     """Boolean [q_len, kv_len] mask of allowed positions, aligned top-left like SDPA's `is_causal`.
@@ -63,7 +65,7 @@ def attend(
 
 
 # The fused attention op, on every device: `attend` (which the CUDA paged attention also calls directly).
-attention = torch.library.custom_op("trtllm::attention", attend, mutates_args=())
+attention = custom_op("trtllm::attention", attend, mutates_args=())
 
 
 @attention.register_fake

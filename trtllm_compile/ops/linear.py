@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trtllm_compile.ops.library import custom_op
 
-@torch.library.custom_op("trtllm::linear", mutates_args=())
+
+@custom_op("trtllm::linear", mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """x @ weight.T + bias, with weight [N, K] and x [..., K] (`F.linear`). `out_dtype` (float32 for half
     inputs): the fp32 sums as they are, not rounded to x's dtype (a row-parallel GEMM's partial sums, see

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trtllm_compile.ops.library import custom_op
+
 ACTIVATIONS = {
     "silu": F.silu,
     "gelu": F.gelu,
@@ -24,7 +26,7 @@ def mlp_activation_reference(gate: Tensor, up: Tensor | None, activation: str) -
     return out * up if up is not None else out.clone()
 
 
-@torch.library.custom_op("trtllm::mlp_activation", mutates_args=())
+@custom_op("trtllm::mlp_activation", mutates_args=())
 def mlp_activation(gate: Tensor, up: Tensor | None, activation: str) -> Tensor:
     """`activation(gate) * up`, or `activation(gate)` when `up` is None."""
     return mlp_activation_reference(gate, up, activation)

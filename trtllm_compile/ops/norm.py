@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from trtllm_compile.ops.library import custom_op
+
 
 def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, unit_offset: bool) -> Tensor:
     # The two Hugging Face forms differ in where the cast back happens, which matters in bf16:
@@ -15,7 +17,7 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float, unit_offset: bool)
     return weight * normed.to(x.dtype)
 
 
-@torch.library.custom_op("trtllm::rms_norm", mutates_args=())
+@custom_op("trtllm::rms_norm", mutates_args=())
 def rms_norm(x: Tensor, weight: Tensor, eps: float, unit_offset: bool = False) -> Tensor:
     """RMSNorm over the last dim; `unit_offset` selects Gemma's `(1 + weight)` scaling."""
     return rms_norm_reference(x, weight, eps, unit_offset)
@@ -26,7 +28,7 @@ def _(x: Tensor, weight: Tensor, eps: float, unit_offset: bool = False) -> Tenso
     return torch.empty_like(x, dtype=torch.promote_types(x.dtype, weight.dtype) if not unit_offset else x.dtype)
 
 
-@torch.library.custom_op("trtllm::add_rms_norm", mutates_args=())
+@custom_op("trtllm::add_rms_norm", mutates_args=())
 def add_rms_norm(
     x: Tensor, residual: Tensor, weight: Tensor, eps: float, unit_offset: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -42,7 +44,7 @@ def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float, unit_offset: bool
     return torch.empty_like(summed, dtype=normed_dtype), summed
 
 
-@torch.library.custom_op("trtllm::layer_norm", mutates_args=())
+@custom_op("trtllm::layer_norm", mutates_args=())
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """LayerNorm over the last dim."""
     return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)

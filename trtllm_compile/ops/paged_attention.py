@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trtllm_compile.ops.attention import visibility_mask
+from trtllm_compile.ops.attention import attend, visibility_mask
+from trtllm_compile.ops.library import custom_op
 from trtllm_compile.ops.quant import fp8_quantize
 from trtllm_compile.ops.rope import check_rotary_dim, rope_reference
 
@@ -81,13 +82,12 @@ def write_rows(cache: Tensor, rows: Tensor, slot_mapping: Tensor, scale: Tensor 
 def gather_sequence_kv(kv_cache: Tensor, layer: int, block_table: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """The first `length` cached keys and values of one sequence, as stored: [1, Hkv, length, D]."""
     block_size = kv_cache.shape[3]
-    blocks = block_table[: (length + block_size - 1) // block_size].long()
-    k = kv_cache[layer, 0, blocks].flatten(0, 1)[:length]
-    v = kv_cache[layer, 1, blocks].flatten(0, 1)[:length]
-    return k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+    blocks = block_table[: (length + block_size - 1) // block_size]
+    kv = kv_cache[layer].index_select(1, blocks).flatten(1, 2)[:, :length].transpose(1, 2)  # [2, Hkv, length, D]
+    return kv[0, None], kv[1, None]
 
 
-@torch.library.custom_op("trtllm::paged_attention", mutates_args=("kv_cache",))
+@custom_op("trtllm::paged_attention", mutates_args=("kv_cache",))
 def paged_attention(
     q: Tensor,
     k: Tensor,
@@ -117,8 +117,7 @@ def paged_attention(
     write_kv_cache(kv_cache, layer, k, v, slot_mapping, k_scale, v_scale)
     out = torch.empty_like(q)
     starts = host_query_start_loc.tolist()
-    for n, (start, end) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
-        length = int(context_lens[n])
+    for n, (start, end, length) in enumerate(zip(starts[:-1], starts[1:], context_lens.tolist(), strict=True)):
         keys, values = gather_sequence_kv(kv_cache, layer, block_tables[n], length)
         keys, values = load_kv(keys, k_scale, q.dtype), load_kv(values, v_scale, q.dtype)
         out[:, :, start:end] = _attend(q[:, :, start:end], keys, values, scale, sliding_window, softcap)
@@ -127,9 +126,12 @@ def paged_attention(
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, sliding_window: int, softcap: float) -> Tensor:
     q_len, kv_len = q.shape[-2], k.shape[-2]
+    if q_len == 1:  # a decode sees every cached key, or the window's last ones: a slice, no mask to build
+        first = max(0, kv_len - sliding_window) if sliding_window > 0 else 0
+        return attend(q, k[:, :, first:], v[:, :, first:], None, scale, softcap=softcap)
     # Queries are the last q_len positions: causal and window masks align to the end of the keys.
     allowed = visibility_mask(kv_len, kv_len, True, sliding_window, q.device)[kv_len - q_len :]
-    return torch.ops.trtllm.attention(q, k, v, allowed, scale, False, -1, softcap)
+    return attend(q, k, v, allowed, scale, softcap=softcap)
 
 
 @paged_attention.register_fake

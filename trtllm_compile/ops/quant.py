@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trtllm_compile.kernels import TRITON_AVAILABLE, cuda_kernel
+from trtllm_compile.ops.library import custom_op
 from trtllm_compile.ops.mlp import mlp_activation_reference
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
@@ -149,7 +150,7 @@ def int4_gated_linear_reference(
     return mlp_activation_reference(y[..., :half], y[..., half:], activation)
 
 
-@torch.library.custom_op("trtllm::fp8_linear", mutates_args=())
+@custom_op("trtllm::fp8_linear", mutates_args=())
 def fp8_linear(
     x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Tensor | None, bias: Tensor | None
 ) -> Tensor:
@@ -158,7 +159,7 @@ def fp8_linear(
     return fp8_linear_reference(x, weight, weight_scale, input_scale, bias)
 
 
-@torch.library.custom_op("trtllm::int8_linear", mutates_args=())
+@custom_op("trtllm::int8_linear", mutates_args=())
 def int8_linear(
     x: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Tensor | None, bias: Tensor | None
 ) -> Tensor:
@@ -167,7 +168,7 @@ def int8_linear(
     return int8_linear_reference(x, weight, weight_scale, input_scale, bias)
 
 
-@torch.library.custom_op("trtllm::int4_linear", mutates_args=())
+@custom_op("trtllm::int4_linear", mutates_args=())
 def int4_linear(
     x: Tensor, weight: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int, bias: Tensor | None
 ) -> Tensor:
@@ -176,7 +177,7 @@ def int4_linear(
     return int4_linear_reference(x, weight, scales, zeros, group_size, bias)
 
 
-@torch.library.custom_op("trtllm::int4_gated_linear", mutates_args=())
+@custom_op("trtllm::int4_gated_linear", mutates_args=())
 def int4_gated_linear(
     x: Tensor,
     weight: Tensor,
@@ -196,7 +197,7 @@ def _(x: Tensor, weight: Tensor, *args) -> Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
 
 
-@torch.library.custom_op("trtllm::fp8_qdq", mutates_args=())
+@custom_op("trtllm::fp8_qdq", mutates_args=())
 def fp8_qdq(x: Tensor, scale: Tensor) -> Tensor:
     """Quantize to FP8 E4M3 with a per-tensor `scale` [] and back: what an FP8 KV cache stores and returns."""
     return (fp8_quantize(x, scale).float() * scale.float()).to(x.dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from trtllm_compile.ops.library import custom_op
+
 
 def rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
@@ -15,7 +17,7 @@ def rotate_every_two(x: Tensor) -> Tensor:
     return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
 
 
-@torch.library.custom_op("trtllm::rope", mutates_args=())
+@custom_op("trtllm::rope", mutates_args=())
 def rope(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
     """Rotate the first `cos.shape[-1]` features of `x`; the rest pass through (partial rotary).
 

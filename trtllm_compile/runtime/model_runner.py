@@ -20,6 +20,7 @@ import torch
 
 from trtllm_compile.config import CompileConfig
 from trtllm_compile.kernels import TRITON_AVAILABLE, fixed_plans
+from trtllm_compile.ops.library import bind_references
 from trtllm_compile.runtime.kv_cache import (
     CPU_KV_CACHE_FRACTION,
     CPU_KV_CACHE_MAX_BYTES,
@@ -137,11 +138,17 @@ class ModelRunner:
         )
         on_gpu = self.device.type == "cuda"
         self.use_cuda_graphs = on_gpu and _cuda_kernels_ready() and cuda_graphs
-        if on_gpu:  # eager steps (prefills) launch the kernels without the custom-op dispatch around each
+        # The step graph calls the kernels (GPU) or the PyTorch bodies (CPU) without the custom-op dispatch
+        # around each: an eager step makes hundreds of such calls.
+        if on_gpu:
             from trtllm_compile.kernels import bind_cuda_kernels
 
             logger.info(
                 "step graph: %d op calls bound to their CUDA kernels", bind_cuda_kernels(self.step.graph_module)
+            )
+        else:
+            logger.info(
+                "step graph: %d op calls bound to their PyTorch bodies", bind_references(self.step.graph_module)
             )
         self.graph_sizes = cuda_graph_sizes(max_batch_size)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}  # graph, inputs, logits
