@@ -9,12 +9,22 @@ between its steps. Step n+1's decodes take their input tokens from step n's samp
 Outputs then trail the launches by one step, and a request that samples a stop token has had one more step
 computed, which is dropped. Steps whose sampling needs every earlier token on the host (repetition penalty)
 read the step in flight back first.
+
+During a step, the objects the process held when it began are frozen out of Python's garbage collection
+(`gc.freeze`; any frozen before are unfrozen after it, which only the fork-sharing use of the freeze would
+notice, and it has forked by then). A collection of the oldest generation walks every object: ~1M once torch,
+transformers, triton and inductor are loaded, 0.4-0.7 s, and one fell in most 4 s max-load runs
+(docs/benchmarks.md run 86). Within a step, collections walk only what the step made.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +36,25 @@ from trtllm_compile.runtime.sampling import SamplingParams, make_generator, samp
 from trtllm_compile.runtime.scheduler import PENDING, Request, ScheduledBatch, Scheduler
 
 logger = logging.getLogger(__name__)
+
+_steps_running = 0  # steps of any engine in this process, which may step engines from several threads
+_steps_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    global _steps_running
+    with _steps_lock:
+        _steps_running += 1
+        if _steps_running == 1:
+            gc.freeze()
+    try:
+        yield
+    finally:
+        with _steps_lock:
+            _steps_running -= 1
+            if _steps_running == 0:
+                gc.unfreeze()
 
 
 @dataclass
@@ -162,6 +191,10 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Launch one batched model step; returns an output for every request that advanced in the step read
         back now (the one launched by the previous call, with overlap scheduling; else this one)."""
+        with _heap_frozen():
+            return self._step()
+
+    def _step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         previous = self._in_flight.feeding(batch) if self._in_flight is not None else None
         outputs = []
