@@ -223,10 +223,15 @@ def _device_us(event) -> float:
 
 def kernel_rows(prof, steps: int) -> tuple[list[dict], str]:
     """[{name, calls, us}] per step, largest first, and what the times are: device kernels, else CPU op self
-    time. User annotations (record_function ranges, also mirrored on the GPU timeline) span other kernels."""
-    events = [e for e in prof.key_averages() if not getattr(e, "is_user_annotation", False)]
+    time. User annotations (record_function ranges, also mirrored on the GPU timeline) span other kernels; on the
+    CPU they are the trtllm ops' bound bodies (ops.library), whose self time is the op's own."""
+    events = prof.key_averages()
     cpu = torch.autograd.DeviceType.CPU
-    device_events = [e for e in events if getattr(e, "device_type", cpu) != cpu and _device_us(e) > 0]
+    device_events = [
+        e
+        for e in events
+        if getattr(e, "device_type", cpu) != cpu and _device_us(e) > 0 and not getattr(e, "is_user_annotation", False)
+    ]
     if device_events:
         rows, source = [(e, _device_us(e)) for e in device_events], "device kernel time"
     else:

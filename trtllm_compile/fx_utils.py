@@ -51,7 +51,10 @@ def val(node: object):
 
 
 def is_op(node: object, *targets) -> bool:
-    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in targets
+    """A call of one of `targets`, also once bound to an implementation (`ops.library.bind_calls`)."""
+    if not isinstance(node, torch.fx.Node) or node.op != "call_function":
+        return False
+    return node.target in targets or node.meta.get("bound_op") in targets
 
 
 _SLICE_DEFAULTS = (0, None, None, 1)  # aten.slice.Tensor's dim, start, end, step
