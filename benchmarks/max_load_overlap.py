@@ -20,12 +20,12 @@ Each is one CUDA graph (the streams' fork and join captured in it), timed by rep
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from trtllm_compile.bench.measure import cuda_graph_us
 from trtllm_compile.kernels import paged_attention
 
 HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE, LAYERS, PAGE = 4096, 32, 128, 11008, 32, 16
@@ -70,22 +70,8 @@ class DecodeLayer:
 
 
 def graph_ms(build: Callable[[], None], reps: int = 10) -> float:
-    """Median ms of one replay of `build`'s work captured as a CUDA graph."""
-    build()  # tune and allocate outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        build()
-    graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median ms of one replay of `build`'s work captured as a CUDA graph (run once first: tuning, allocation)."""
+    return cuda_graph_us(build, calls=1, replays=reps) / 1e3
 
 
 def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stream: torch.cuda.Stream):

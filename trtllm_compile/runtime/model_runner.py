@@ -185,7 +185,7 @@ class ModelRunner:
         per_block = self._bytes_per_block()
         cap = CPU_KV_CACHE_MAX_BYTES // per_block
         available = available_host_memory()
-        fit = cap if available is None else num_blocks_for_memory(available, CPU_KV_CACHE_FRACTION, per_block)
+        fit = full_batch if available is None else num_blocks_for_memory(available, CPU_KV_CACHE_FRACTION, per_block)
         return max(self.max_blocks_per_seq, min(full_batch, fit, cap))
 
     def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> torch.Tensor:
