@@ -63,14 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quantization", default="none", choices=WEIGHT_FORMATS, help="GEMM weight format")
-    parser.add_argument("--kv-cache", choices=KV_CACHE_FORMATS, help="KV cache format (with --quantization)")
+    parser.add_argument("--kv-cache", choices=KV_CACHE_FORMATS, help="KV cache format (default: the model dtype)")
     parser.add_argument("--prefill", action="store_true", help="also profile a prefill step of the batch")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     parser.add_argument("--trace", default=None, help="write the profiler's Chrome trace")
-    args = parser.parse_args(argv)
-    if args.kv_cache and args.quantization == "none":
-        parser.error("--kv-cache needs --quantization (the KV cache scales come from its calibration)")
-    return args
+    return parser.parse_args(argv)
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[LLM, list[list[int]]]:
@@ -85,7 +82,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[LLM, list[lis
     max_tokens = prefill_steps + WARM_TOKENS + args.steps + EAGER_WARM_STEPS + args.profile_steps + 16
     max_num_tokens = max(2048, args.context + max_tokens + 16)
     num_blocks = max(math.ceil(max_num_tokens / 16), args.batch * math.ceil((args.context + max_tokens) / 16)) + 1
-    calibration = random_calibration(model, [args.quantization], args.kv_cache)
+    calibration = random_calibration(model, [args.quantization], args.kv_cache is not None)
     llm = LLM(
         model,
         tokenizer,

@@ -51,19 +51,27 @@ def test_bench_rejects_an_unknown_peer_before_building_the_model(capsys):
 
 
 @pytest.mark.slow
-def test_bench_measures_each_weight_format_and_prints_them_side_by_side(tmp_path, capsys):
+def test_bench_measures_each_weight_and_kv_cache_format_and_prints_them_side_by_side(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--quantization", "none,int4_rtn", "--kv-cache", "fp8", "--compare", "none", "--batch-sizes", "1"]
-    argv += ["--input-len", "8", "--output-len", "4", "--max-batch-size", "1", "--max-num-tokens", "64"]
-    assert main([*argv, "--out", str(out)]) == 0
+    argv = ["bench", "--quantization", "none,int4_rtn", "--kv-cache", "none,fp8", "--compare", "none"]
+    argv += ["--batch-sizes", "1", "--input-len", "8", "--output-len", "4", "--max-batch-size", "1"]
+    assert main([*argv, "--max-num-tokens", "64", "--out", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
-    assert [(r["system"], r["batch_size"]) for r in results] == [("trtllm", 1), ("trtllm int4_rtn kv=fp8", 1)]
+    systems = ["trtllm", "trtllm kv=fp8", "trtllm int4_rtn", "trtllm int4_rtn kv=fp8"]
+    assert [(r["system"], r["batch_size"]) for r in results] == [(system, 1) for system in systems]
     printed = capsys.readouterr().out
-    summary = printed[printed.index("tokens/s by weight format") :].splitlines()
-    header = ["batch", "none", "int4_rtn", "int4_rtn", "x", "none", "decode", "int4_rtn", "x", "none"]
+    summary = printed[printed.index("tokens/s by format") :].splitlines()
+    others = ["none+kv_fp8", "int4_rtn", "int4_rtn+kv_fp8"]
+    header = ["batch", "none", *others, *(w for o in others for w in (o, "x", "none"))]
+    header += [w for o in others for w in ("decode", o, "x", "none")]
     assert summary[1].split() == header
-    assert json.loads(out.read_text())["args"]["kv_cache"] == "fp8"
+    assert json.loads(out.read_text())["args"]["kv_cache"] == "none,fp8"
     assert summary[2].split()[0] == "1" and summary[2].endswith("x")
+
+
+def test_bench_rejects_an_unknown_kv_cache_format_before_building_the_model(capsys):
+    assert main(["bench", "--config", "llama-2-7b", "--kv-cache", "int8"]) == 2
+    assert "unknown KV cache format(s) ['int8']; choose from none, fp8" in capsys.readouterr().err
 
 
 def test_bench_rejects_an_unknown_weight_format_before_building_the_model(capsys):
@@ -75,7 +83,7 @@ def test_bench_rejects_an_unknown_weight_format_before_building_the_model(capsys
 
 def test_bench_refuses_tensor_parallel_with_a_weight_format_before_building_the_model(capsys):
     assert main(["bench", "--config", "llama-2-7b", "--tp", "2", "--quantization", "fp8"]) == 2
-    assert "bench --quantization with --tp > 1 is not supported yet; run them separately" in capsys.readouterr().err
+    assert "bench --quantization or --kv-cache with --tp > 1 is not supported yet" in capsys.readouterr().err
 
 
 def test_side_by_side_compares_common_batch_sizes_and_the_fullest_loads(capsys):

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("none", *FORMATS)  # "none": the unquantized model, in --dtype
+KV_FORMATS = ("none", *KV_CACHE_FORMATS)
 # Speed does not depend on weight values, so a small calibration does (seconds for a 7B model on a GPU).
 CALIB_WINDOWS, CALIB_WINDOW, CALIB_SAMPLES = 4, 128, 256
 
@@ -43,9 +44,9 @@ def add_parser(commands, add_model_args) -> None:
     parser.add_argument("--quantization", default="none", help=f"trtllm weight formats: {','.join(WEIGHT_FORMATS)}")
     parser.add_argument(
         "--kv-cache",
-        choices=KV_CACHE_FORMATS,
-        help="also store the KV cache of the quantized formats in this format (calibrated scales); 'none' keeps "
-        "the model dtype",
+        default="none",
+        help=f"KV cache formats, each measured with every weight format: {','.join(KV_FORMATS)} ('none': the "
+        "model dtype; fp8: calibrated scales)",
     )
     parser.add_argument(
         "--repeat", type=int, default=3, help="measured runs per system and batch (after a warm-up); medians reported"
@@ -60,26 +61,34 @@ def _prompts(batch: int, input_len: int, vocab: int, device) -> torch.Tensor:
     return torch.randint(1, vocab, (batch, input_len), generator=generator).to(device)
 
 
-def _formats(names: str, tp: int) -> list[str]:
-    """The --quantization list, checked before the model is built (a 7B model takes a while)."""
-    formats = list(dict.fromkeys(name.strip() for name in names.split(",")))
-    unknown = [f for f in formats if f not in WEIGHT_FORMATS]
+def _choices(names: str, known: tuple[str, ...], what: str) -> list[str]:
+    chosen = list(dict.fromkeys(name.strip() for name in names.split(",")))
+    unknown = [name for name in chosen if name not in known]
     if unknown:
-        raise ValueError(f"unknown quantization format(s) {unknown}; choose from {', '.join(WEIGHT_FORMATS)}")
-    if tp > 1 and formats != ["none"]:
-        raise ValueError("bench --quantization with --tp > 1 is not supported yet; run them separately")
-    return formats
+        raise ValueError(f"unknown {what}(s) {unknown}; choose from {', '.join(known)}")
+    return chosen
 
 
-def _system(fmt: str, tp: int, kv_cache: str | None = None) -> str:
-    if fmt != "none":
-        return f"trtllm {fmt}" + (f" kv={kv_cache}" if kv_cache else "")
-    return "trtllm" if tp == 1 else f"trtllm tp={tp}"
+def _variants(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(weight format, KV cache format or None) pairs of --quantization x --kv-cache, checked before the model
+    is built (a 7B model takes a while)."""
+    formats = _choices(args.quantization, WEIGHT_FORMATS, "quantization format")
+    kv_formats = [None if kv == "none" else kv for kv in _choices(args.kv_cache, KV_FORMATS, "KV cache format")]
+    if args.tp > 1 and (formats != ["none"] or kv_formats != [None]):
+        raise ValueError("bench --quantization or --kv-cache with --tp > 1 is not supported yet; run them separately")
+    return [(fmt, kv) for fmt in formats for kv in kv_formats]
 
 
-def random_calibration(model: nn.Module, formats: list[str], kv_cache: str | None) -> Calibration | None:
-    """One calibration of the unquantized model, shared by every format; random tokens, as for the prompts."""
-    if formats == ["none"]:
+def _system(fmt: str, kv_cache: str | None, tp: int = 1) -> str:
+    name = "trtllm" if fmt == "none" else f"trtllm {fmt}"
+    name += f" tp={tp}" if tp > 1 else ""
+    return name + (f" kv={kv_cache}" if kv_cache else "")
+
+
+def random_calibration(model: nn.Module, formats: list[str], kv_cache: bool) -> Calibration | None:
+    """One calibration of the unquantized model, shared by every format (and, with `kv_cache`, the K/V scales);
+    random tokens, as for the prompts."""
+    if formats == ["none"] and not kv_cache:
         return None
     from trtllm_compile.quantization import calibrate
 
@@ -87,29 +96,37 @@ def random_calibration(model: nn.Module, formats: list[str], kv_cache: str | Non
     windows = torch.randint(1, model.config.vocab_size, (CALIB_WINDOWS, CALIB_WINDOW), generator=generator)
     samples = CALIB_SAMPLES if "int4_awq" in formats else 0  # only AWQ's scale search reads token samples
     logger.info("calibrating on %d windows of %d random tokens, %d AWQ samples", *windows.shape, samples)
-    return calibrate(model, windows=windows, samples=samples, kv_cache=kv_cache is not None, progress=False)
+    return calibrate(model, windows=windows, samples=samples, kv_cache=kv_cache, progress=False)
 
 
 def format_config(fmt: str, kv_cache: str | None, calibration: Calibration | None) -> CompileConfig:
-    """The compile config that quantizes the step graph's GEMMs to `fmt` ("none": none) with `calibration`."""
-    if fmt == "none":
+    """The compile config that quantizes the step graph's GEMMs to `fmt` ("none": none) and its KV cache to
+    `kv_cache` (None: none) with `calibration`."""
+    if fmt == "none" and kv_cache is None:
         return CompileConfig()
     from trtllm_compile.quantization import QuantConfig
 
-    return CompileConfig(quantization=QuantConfig.from_name(fmt, kv_cache=kv_cache).with_calibration(calibration))
+    weights = None if fmt == "none" else fmt
+    return CompileConfig(quantization=QuantConfig.from_name(weights, kv_cache=kv_cache).with_calibration(calibration))
 
 
 def _measure_format(
-    model: nn.Module, tokenizer, fmt: str, calibration: Calibration | None, sizes: list[str], args: argparse.Namespace
+    model: nn.Module,
+    tokenizer,
+    variant: tuple[str, str | None],
+    calibration: Calibration | None,
+    sizes: list[str],
+    args: argparse.Namespace,
 ) -> list[Measurement]:
-    """Our engine on `model` with its GEMMs quantized to `fmt` ("none": as they are) at each of `sizes`.
+    """Our engine on `model` with its GEMMs quantized to the variant's weight format ("none": as they are) and
+    its KV cache in the variant's KV format (None: the model dtype), at each of `sizes`.
 
     The step graph's QUANTIZE passes quantize it (not `quantize()` on the module): they run after the GEMM
     fusion and MLP matching, so Q/K/V and gate/up stay one GEMM each and the activation stays fused."""
     from trtllm_compile.runtime.llm import LLM
 
-    compile_config = format_config(fmt, args.kv_cache, calibration)
-    system, vocab = _system(fmt, args.tp, args.kv_cache), model.config.vocab_size
+    compile_config = format_config(*variant, calibration)
+    system, vocab = _system(*variant, args.tp), model.config.vocab_size
     seq_len = args.input_len + args.output_len
     engine = dict(max_batch_size=args.max_batch_size, max_num_tokens=max(args.max_num_tokens, seq_len))
     results = []
@@ -154,7 +171,7 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:  # checked before loading anything: a 7B model takes a while to build
         raise ValueError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)} or none")
-    formats = _formats(args.quantization, args.tp)
+    variants = _variants(args)
     if args.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
     dtype = DTYPES[args.dtype]
@@ -175,14 +192,15 @@ def run_bench(args: argparse.Namespace) -> int:
             results.append(_logged(measure_peer(peer, model, prompts, args.output_len, args.repeat)))
             _free_device_memory()
 
-    calibration = random_calibration(model, formats, args.kv_cache)
-    for fmt in formats:  # one engine at a time: each sizes its KV cache from the free memory
-        results += _measure_format(model, tokenizer, fmt, calibration, sizes, args)
+    kv_cache = any(kv is not None for _, kv in variants)
+    calibration = random_calibration(model, sorted({fmt for fmt, _ in variants}), kv_cache)
+    for variant in variants:  # one engine at a time: each sizes its KV cache from the free memory
+        results += _measure_format(model, tokenizer, variant, calibration, sizes, args)
         _free_device_memory()
 
     _print_table(results, args)
-    if len(formats) > 1:
-        _print_side_by_side(results, {fmt: _system(fmt, args.tp, args.kv_cache) for fmt in formats})
+    if len(variants) > 1:
+        _print_side_by_side(results, {_label(*variant): _system(*variant, args.tp) for variant in variants})
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
@@ -200,6 +218,10 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(fmt: str, kv_cache: str | None) -> str:
+    return fmt if kv_cache is None else f"{fmt}+kv_{kv_cache}"
+
+
 def _print_table(results: list[Measurement], args) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
@@ -210,7 +232,7 @@ def _print_table(results: list[Measurement], args) -> None:
     for r in results:
         spread = f"{min(r.tpot_ms_runs):.3f}-{max(r.tpot_ms_runs):.3f}" if len(r.tpot_ms_runs) > 1 else ""
         line = f"{r.system:<22}{r.batch_size:>6}{r.tokens_per_s:>12.1f}{r.ttft_ms:>10.1f}{r.tpot_ms:>10.3f}"
-        print(line + f"{spread:>16}")
+        print(f"{line} {spread:>15}")  # a separate column however wide the range
 
 
 def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> None:
@@ -230,7 +252,7 @@ def _print_side_by_side(results: list[Measurement], systems: dict[str, str]) -> 
     def line(batch: str, cells: list[str]) -> str:
         return f"{batch:>6}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True))
 
-    print("\ntokens/s by weight format")
+    print("\ntokens/s by format")
     print(line("batch", labels))
     for batch, row in rows.items():
         speeds = [f"{row[fmt].tokens_per_s:.1f}" for fmt in systems]
