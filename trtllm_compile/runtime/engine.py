@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trtllm_compile.config import CompileConfig
+from trtllm_compile.runtime.detokenizer import IncrementalDetokenizer, find_stop
 from trtllm_compile.runtime.kv_cache import BlockManager
 from trtllm_compile.runtime.model_runner import ModelRunner, PendingTokens
 from trtllm_compile.runtime.sampling import SamplingParams, make_generator, sample
@@ -93,7 +94,9 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str
-    new_text: str = ""  # text added by the latest step (streaming)
+    # Text added by the latest step (streaming). Until the request finishes, the deltas so far are `text` less a
+    # partial character and, with stop strings, its last len(stop) - 1 characters.
+    new_text: str = ""
     finished: bool = False
     finish_reason: str | None = None
 
@@ -147,7 +150,7 @@ class LLMEngine:
         )
         self._requests: dict[str, Request] = {}
         self._generators: dict[str, torch.Generator | None] = {}
-        self._texts: dict[str, str] = {}
+        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._ids = itertools.count()
         self._overlap = config.overlap_scheduling
         self._in_flight: _LaunchedStep | None = None
@@ -171,7 +174,7 @@ class LLMEngine:
         self.scheduler.add(request)  # raises ValueError for prompts that can never fit
         self._requests[request_id] = request
         self._generators[request_id] = make_generator(request.params, self.runner.device)
-        self._texts[request_id] = ""
+        self._detokenizers[request_id] = IncrementalDetokenizer()
         return request_id
 
     def _encode(self, prompt: str | list[int]) -> list[int]:
@@ -245,32 +248,47 @@ class LLMEngine:
         return [self._output(request) for request in advanced]
 
     def _output(self, request: Request) -> RequestOutput:
-        text = previous = self._texts.get(request.request_id, "")
-        if self.tokenizer is not None:
-            text = self.tokenizer.decode(request.output_token_ids, skip_special_tokens=True)
-            stop_at = min((i for i in (text.find(s) for s in request.params.stop) if i >= 0), default=-1)
-            if stop_at >= 0 and not request.is_finished:
-                self.scheduler.finish(request.request_id, "stop")
-            if stop_at >= 0:
-                text = text[:stop_at]
-        # A token that ends mid-character decodes to U+FFFD until the next token completes it: stream only
-        # settled text, so the deltas concatenate to the final text.
-        settled = text if request.is_finished else text.rstrip("\ufffd")
+        detokenizer = self._detokenizers[request.request_id]
+        text = self._text(request, detokenizer) if self.tokenizer is not None else ""
+        settled = text
+        if not request.is_finished:
+            # Stream only text that stays, so the deltas concatenate to the final text: not a character whose
+            # last byte is still to come (U+FFFD), nor the last len(stop) - 1 characters, which a stop string
+            # completed by the next tokens would cut off.
+            holdback = max(map(len, request.params.stop), default=1) - 1
+            settled = text.rstrip("\ufffd")
+            settled = settled[: max(len(settled) - holdback, 0)]
+        new_text = settled[detokenizer.sent :]
+        detokenizer.sent += len(new_text)
         output = RequestOutput(
             request.request_id,
             request.prompt_token_ids,
             list(request.output_token_ids),
             text,
-            new_text=settled[len(previous) :],
+            new_text=new_text,
             finished=request.is_finished,
             finish_reason=request.finish_reason,
         )
-        self._texts[request.request_id] = settled
         if request.is_finished:
             self._forget(request.request_id)
         return output
 
+    def _text(self, request: Request, detokenizer: IncrementalDetokenizer) -> str:
+        """The request's text so far, cut at a stop string, which finishes it."""
+        stops = request.params.stop
+        if not request.is_finished:
+            searched = len(detokenizer.text)  # the text before this step's tokens, searched for stops before
+            text = detokenizer.decode(self.tokenizer, request.output_token_ids)
+            if find_stop(text, stops, searched) < 0:
+                return text
+            self.scheduler.finish(request.request_id, "stop")
+        # Once, when finished: the whole output, so the final text is the tokenizer's even where its decode reaches
+        # further back than the detokenizer's window.
+        text = self.tokenizer.decode(request.output_token_ids, skip_special_tokens=True)
+        stop_at = find_stop(text, stops)
+        return text if stop_at < 0 else text[:stop_at]
+
     def _forget(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
         self._generators.pop(request_id, None)
-        self._texts.pop(request_id, None)
+        self._detokenizers.pop(request_id, None)
