@@ -2,12 +2,10 @@
 
 import pytest
 
-from trtllm_compile.runtime.engine import RequestOutput
 from trtllm_compile.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
-    TextDeltas,
     parse_request,
 )
 
@@ -56,23 +54,3 @@ def test_chat_content_parts_and_max_completion_tokens():
         max_tokens=9,
     )
     assert request.messages[0].text() == "ab" and request.requested_max_tokens == 5
-
-
-def _outputs(texts: list[str]) -> list[RequestOutput]:
-    return [RequestOutput("r", [1], [], text, finished=i == len(texts) - 1) for i, text in enumerate(texts)]
-
-
-@pytest.mark.parametrize(
-    ("texts", "stop", "expected"),
-    [
-        (["Hel", "Hello", "Hello w", "Hello world"], [], ["Hel", "lo", " w", "orld"]),
-        # A partial UTF-8 character decodes to U+FFFD until its last byte arrives: never sent.
-        (["caf", "caf\ufffd", "café", "café!"], [], ["caf", "", "é", "!"]),
-        # With stop "STOP", 3 characters wait: a stop string may still cut them off.
-        (["ab", "abcde", "abcdeST", "abcde"], ["STOP"], ["", "ab", "cd", "e"]),
-    ],
-)
-def test_text_deltas_concatenate_to_the_final_text(texts, stop, expected):
-    deltas = TextDeltas(stop)
-    sent = [deltas.delta(out) for out in _outputs(texts)]
-    assert sent == expected and "".join(sent) == texts[-1]

@@ -237,12 +237,10 @@ class OpenAIServer:
             return JSONResponse(body)
 
         async def events() -> AsyncIterator[str]:
-            deltas = [protocol.TextDeltas(params.stop) for _ in ids]
             completion = 0
             async for i, out in self.outputs(ids, sink, timings):
-                text = deltas[i].delta(out)
-                if text or out.finished:
-                    choice = protocol.completion_choice(i, text, out.finish_reason)
+                if out.new_text or out.finished:
+                    choice = protocol.completion_choice(i, out.new_text, out.finish_reason)
                     yield _sse(protocol.envelope("text_completion", response_id, model, [choice]))
                 completion += len(out.token_ids) if out.finished else 0
             if req.stream_options and req.stream_options.include_usage:
@@ -268,13 +266,11 @@ class OpenAIServer:
             return JSONResponse(body)
 
         async def events() -> AsyncIterator[str]:
-            deltas = protocol.TextDeltas(params.stop)
             first = protocol.chat_choice(0, "", None, delta=True, first=True)
             yield _sse(protocol.envelope("chat.completion.chunk", response_id, model, [first]))
             async for _, out in self.outputs(ids, sink, timings):
-                text = deltas.delta(out)
-                if text or out.finished:
-                    choice = protocol.chat_choice(0, text, out.finish_reason, delta=True)
+                if out.new_text or out.finished:
+                    choice = protocol.chat_choice(0, out.new_text, out.finish_reason, delta=True)
                     yield _sse(protocol.envelope("chat.completion.chunk", response_id, model, [choice]))
                 if out.finished and req.stream_options and req.stream_options.include_usage:
                     usage = protocol.usage(len(prompt), len(out.token_ids))

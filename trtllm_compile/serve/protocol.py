@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trtllm_compile.runtime.engine import RequestOutput
 from trtllm_compile.runtime.sampling import SamplingParams
 
 # Fields of the OpenAI API this server does not implement: a request that sets one to a non-default value is
@@ -135,25 +134,6 @@ class ChatCompletionRequest(_GenerationRequest):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-
-class TextDeltas:
-    """Streamed text that never has to be taken back: holds back a partial UTF-8 character (U+FFFD) and, with
-    stop strings, the last len(stop) - 1 characters, which a stop string may still cut off."""
-
-    def __init__(self, stop: list[str]):
-        self.sent = ""
-        self.holdback = max((len(s) for s in stop), default=1) - 1
-
-    def delta(self, output: RequestOutput) -> str:
-        text = output.text
-        if not output.finished:
-            text = text.rstrip("\ufffd")
-            text = text[: max(len(text) - self.holdback, 0)]
-        if len(text) <= len(self.sent) or not text.startswith(self.sent):
-            return ""  # nothing new yet, or the detokenizer rewrote sent text (not seen with byte-level BPE)
-        delta, self.sent = text[len(self.sent) :], text
-        return delta
 
 
 def parse_request(raw: bytes, schema: type[BaseModel]) -> Any:

@@ -34,7 +34,6 @@ from pathlib import Path
 from trtllm_compile.runtime.engine import LLMEngine, RequestOutput
 from trtllm_compile.runtime.sampling import SamplingParams
 from trtllm_compile.serve.async_engine import AsyncEngine
-from trtllm_compile.serve.protocol import TextDeltas
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +188,9 @@ class TritonModel:
         for request in requests:  # the stream model does not batch: one request per call
             try:
                 params = _params(request, 0, self.context)
-                deltas = TextDeltas([])
                 async for out in self.engine_loop.stream(_text(request, 0), params):
-                    text = deltas.delta(out)
-                    if text or out.finished:
-                        yield response(text, len(out.token_ids), out.finish_reason)
+                    if out.new_text or out.finished:
+                        yield response(out.new_text, len(out.token_ids), out.finish_reason)
             except (ValueError, UnicodeDecodeError, RuntimeError) as error:
                 yield response("", 0, f"error: {error}")
 
