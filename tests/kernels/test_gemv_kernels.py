@@ -99,11 +99,17 @@ def test_split_k_interpreted_last_split_sums_and_rearms_its_counts(interpreted, 
         gemv.split_k_buffers(first.view(-1, 40), 2, gemv.SPLIT_COUNTS + 1)
 
 
-def test_linear_interpreted_falls_back_to_f_linear(interpreted):
+def test_linear_interpreted_falls_back_to_f_linear(interpreted, monkeypatch):
     gemv = interpreted("gemv")
     x, weight, _ = _inputs(17, 8, 32, torch.bfloat16, "cpu")
-    assert not gemv.supports(x, weight, None)  # 17 rows: cuBLAS's shape
+    assert not gemv.supports(x, weight, None)  # 17 rows: a BLAS library's shape
+    launched = []
+    launch = gemv._launch
+    monkeypatch.setattr(gemv, "_launch", lambda *args: launched.append(args[4]) or launch(*args))
     assert torch.equal(gemv.linear(x, weight), F.linear(x, weight))
+    assert launched == [gemv.CUBLAS]  # up to BLAS_TUNED_ROWS, a BLAS plan (the default where nothing is timed)
+    monkeypatch.setattr(gemv, "BLAS_TUNED_ROWS", 16)
+    assert torch.equal(gemv.linear(x, weight), F.linear(x, weight)) and launched == [gemv.CUBLAS]
     assert not gemv.supports(x[:4].float(), weight.float(), None)  # fp32: no GEMV path
     assert not gemv.supports(x[:4], weight.t().contiguous().t(), None)  # weight without contiguous rows
     with pytest.raises(ValueError, match="at most 4 rows"):
@@ -225,7 +231,7 @@ def test_split_k_gpu_is_deterministic_across_launches(gemv_gpu, path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("plan", ["fma", "fma_split", "dot", "dot_split", "cublas"])
+@pytest.mark.parametrize("plan", ["fma", "fma_split", "dot", "dot_split", "cublas", "cublaslt"])
 def test_gemv_gpu_bias_and_strided_rows(gemv_gpu, assert_matches, plan, dtype):
     plans = {
         "fma": gemv_gpu.Plan("fma", 4, 1024, num_stages=2),
@@ -233,11 +239,12 @@ def test_gemv_gpu_bias_and_strided_rows(gemv_gpu, assert_matches, plan, dtype):
         "dot": gemv_gpu.Plan("dot", 32, 256),
         "dot_split": gemv_gpu.Plan("dot", 64, 128, split_k=4),
         "cublas": gemv_gpu.CUBLAS,
+        "cublaslt": gemv_gpu.CUBLASLT,
     }
     m = 3 if plans[plan].path == "fma" else 11
     x, weight, bias = _inputs(m, 1000, 2880, dtype, "cuda", bias=True, row_stride=3 * 2880)  # a fused QKV row
     out = gemv_gpu.gemv(x, weight, bias, plan=plans[plan])
-    if plan == "cublas":
+    if plan in gemv_gpu.BLAS_PATHS:
         atol, rtol = GEMM_VS_CUBLAS[dtype]
         torch.testing.assert_close(out, F.linear(x, weight, bias), atol=atol, rtol=rtol)
     else:
@@ -278,6 +285,26 @@ def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matc
 
 
 @pytest.mark.gpu
+def test_linear_gpu_times_cublas_against_cublaslt_per_row_count(gemv_gpu, monkeypatch):
+    """Past MAX_ROWS each step of 16 rows times both BLAS libraries (a 384-row down GEMM: 73.6 us in cuBLAS, 62.0 in
+    cuBLASLt on an H100), keeps the faster, and leaves torch's preferred library as it was."""
+    from trtllm_compile.kernels import tuning
+
+    monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
+    n, k = LLAMA_2_7B["down"]
+    preferred = torch.backends.cuda.preferred_blas_library()
+    for m, rows in ((384, 384), (413, 416)):
+        x, weight, _ = _inputs(m, n, k, torch.bfloat16, "cuda")
+        out = gemv_gpu.linear(x, weight)
+        key = (rows, n, k, torch.bfloat16, torch.bfloat16, torch.bfloat16, x.device)
+        assert tuning.plans[key] in gemv_gpu.BLAS_CANDIDATES
+        assert set(tuning.tuning_log[key]) == {"cublas", "cublaslt"}
+        atol, rtol = GEMM_VS_CUBLAS[x.dtype]
+        torch.testing.assert_close(out, F.linear(x, weight), atol=atol, rtol=rtol)
+    assert torch.backends.cuda.preferred_blas_library() == preferred
+
+
+@pytest.mark.gpu
 def test_trtllm_linear_dispatches_by_rows_gpu(cuda_ops, assert_matches, monkeypatch):
     from trtllm_compile.kernels import gemv
 
@@ -285,7 +312,7 @@ def test_trtllm_linear_dispatches_by_rows_gpu(cuda_ops, assert_matches, monkeypa
     launch = gemv._launch
     monkeypatch.setattr(gemv, "_launch", lambda *args: launches.append(args[0].shape[0]) or launch(*args))
     n, k = LLAMA_2_7B["qkv"]
-    for m, uses_gemv in ((1, True), (16, True), (17, False)):
+    for m, uses_gemv in ((1, True), (16, True), (17, True), (gemv.BLAS_TUNED_ROWS + 1, False)):
         x, weight, bias = _inputs(m, n, k, torch.bfloat16, "cuda", bias=True)
         launches.clear()
         out = cuda_ops.linear(x.view(1, m, k), weight, bias)

@@ -26,10 +26,15 @@ split, warps, stages) is timed per (M bucket, N, K, dtype) on first use (kernels
 more candidate so a shape where it streams faster keeps it. Nothing here syncs the host once a plan is cached,
 so calls are CUDA-graph capturable. On Hopper the kernels launch with PDL (kernels/pdl.py): each program asks
 L2 for its first W tile while the kernel before it ends.
+
+Above MAX_ROWS, up to BLAS_TUNED_ROWS (decode batches), `linear` times cuBLAS against cuBLASLt per 16 rows and
+keeps the faster: their heuristics pick different tiles, and on an H100 a Llama-2-7B layer's GEMMs at
+384 rows took 8.04 ms a step in cuBLAS against 7.65 in cuBLASLt (the down GEMM: 73.6 against 62.0 us).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -45,7 +50,11 @@ from trtllm_compile.kernels.pdl import prefetch_l2, start_next_then_wait
 from trtllm_compile.kernels.quantize import inverse_scale, to_e4m3
 from trtllm_compile.kernels.tuning import cached_plan
 
-MAX_ROWS = 16  # above this a GEMM has enough rows to be compute-bound: cuBLAS runs it
+MAX_ROWS = 16  # above this a GEMM has enough rows to be compute-bound: cuBLAS or cuBLASLt runs it
+# Up to this many rows (decode batches) the BLAS library is timed per BLAS_ROW_STEP rows (the decode graphs' step:
+# a prefill's odd row counts share their step's plan); prefill chunks above it take cuBLAS
+BLAS_TUNED_ROWS = 1024
+BLAS_ROW_STEP = 16
 # Hopper's FP8 MMA accumulates in fewer bits than fp32; the dot path adds its sums into fp32 every this many
 # products (as cuBLASLt does unless fast accumulation is on)
 FP8_PROMOTE_EVERY: tl.constexpr = tl.constexpr(128)
@@ -419,7 +428,7 @@ class Plan:
     """How one skinny GEMM runs: inner-product path, tile, K splits, warps, pipeline stages, and (dot path) the
     x rows a program takes."""
 
-    path: str  # "fma" | "dot" | "cublas" | "hfma" | "mma" (INT4, one row: kernels/int4_gemv.py)
+    path: str  # "fma" | "dot" | "cublas" | "cublaslt" | "hfma" | "mma" (INT4, one row: kernels/int4_gemv.py)
     block_n: int
     block_k: int
     split_k: int = 1
@@ -428,8 +437,8 @@ class Plan:
     block_m: int = 16
 
     def __str__(self) -> str:
-        if self.path == "cublas":
-            return "cublas"
+        if self.path in BLAS_PATHS:
+            return self.path
         rows = f" M{self.block_m}" if self.path == "dot" and self.block_m != 16 else ""
         tile = f"N{self.block_n} K{self.block_k} split{self.split_k}"
         return f"{self.path}{rows} {tile} w{self.num_warps} s{self.num_stages}"
@@ -445,6 +454,9 @@ def dot_plan(block_n, block_k, split_k=1, num_warps=4, num_stages=4, block_m=16)
 
 # cuBLAS as one more candidate, never the default: the tuner keeps it where it streams the weight faster.
 CUBLAS = Plan("cublas", 0, 0)
+CUBLASLT = Plan("cublaslt", 0, 0)
+BLAS_PATHS = ("cublas", "cublaslt")
+BLAS_CANDIDATES = [CUBLAS, CUBLASLT]  # above MAX_ROWS
 
 
 # Candidates per M bucket (next power of two of M), the first being the default when tuning is off: the plans
@@ -598,17 +610,11 @@ def _launch(
     quant: Fp8Scales | Int4Weights | None = None,
 ) -> None:
     (m, k), n = x2.shape, weight.shape[0]
-    if quant is not None and plan.path == "cublas":
+    if quant is not None and plan.path in BLAS_PATHS:
         raise ValueError(f"quantized weights take the fma or dot path, not {plan} (see FP8_CANDIDATES)")
-    if plan.path == "cublas":
-        if y2.dtype != x2.dtype:  # fp32 sums of half inputs (`linear`'s out_dtype)
-            torch.ops.aten.mm.dtype_out(x2, weight.t(), y2.dtype, out=y2)
-            if bias is not None:
-                y2.add_(bias)
-        elif bias is None:
-            torch.mm(x2, weight.t(), out=y2)
-        else:
-            torch.addmm(bias, x2, weight.t(), out=y2)
+    if plan.path in BLAS_PATHS:
+        with _preferred_blas("cublaslt") if plan.path == "cublaslt" else contextlib.nullcontext():
+            _blas_mm(x2, weight, bias, y2)
         return
     if plan.path == "fma" and m > 4:
         raise ValueError(f"the fma path takes at most 4 rows, got {m}: use a dot plan (CANDIDATES[{row_bucket(m)}])")
@@ -645,6 +651,28 @@ def _launch(
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def _preferred_blas(library: str):
+    """torch's GEMMs in `library` meanwhile (a process-wide setting, read as each GEMM launches)."""
+    previous = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(library)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(previous)
+
+
+def _blas_mm(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor) -> None:
+    if y2.dtype != x2.dtype:  # fp32 sums of half inputs (`linear`'s out_dtype)
+        torch.ops.aten.mm.dtype_out(x2, weight.t(), y2.dtype, out=y2)
+        if bias is not None:
+            y2.add_(bias)
+    elif bias is None:
+        torch.mm(x2, weight.t(), out=y2)
+    else:
+        torch.addmm(bias, x2, weight.t(), out=y2)
+
+
 def split_k(k: int, plan: Plan, max_tiles: int | None = None) -> tuple[int, int]:
     """(K per split, splits) of a plan: `plan.split_k` slices of whole BLOCK_K tiles, none past K (it would only add
     zeros); with `max_tiles`, more slices where one would take more tiles than that."""
@@ -676,9 +704,12 @@ def split_k_buffers(y2: Tensor, splits: int, tiles: int) -> tuple[Tensor, Tensor
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:
-    """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, y dtype, device)."""
-    key = (row_bucket(x2.shape[0]), weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, y2.dtype, x2.device)
-    candidates = (FP8_CANDIDATES if fp8 is not None else CANDIDATES)[key[0]]
+    """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, y dtype, device); past
+    MAX_ROWS the M bucket is M rounded up to BLAS_ROW_STEP, and the plan cuBLAS or cuBLASLt."""
+    m = x2.shape[0]
+    rows = row_bucket(m) if m <= MAX_ROWS else triton.cdiv(m, BLAS_ROW_STEP) * BLAS_ROW_STEP
+    key = (rows, weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, y2.dtype, x2.device)
+    candidates = FP8_CANDIDATES[rows] if fp8 is not None else CANDIDATES.get(rows, BLAS_CANDIDATES)
     return cached_plan(key, candidates, lambda plan: _launch(x2, weight, bias, y2, plan, fp8))
 
 
@@ -696,8 +727,9 @@ def gemv(
     plan: Plan | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """x [..., K] @ weight[N, K]^T + bias for at most MAX_ROWS rows (`supports` must hold; the CUBLAS plan and
-    dot plans take any rows); `plan` forces one. `out_dtype` float32 returns the fp32 sums unrounded."""
+    """x [..., K] @ weight[N, K]^T + bias (`supports` must hold: the tuned plans are the skinny-GEMM kernels up to
+    MAX_ROWS rows and cuBLAS / cuBLASLt above; the BLAS plans and dot plans take any rows); `plan` forces one.
+    `out_dtype` float32 returns the fp32 sums unrounded."""
     x2, y, y2 = _rows_and_output(x, weight, out_dtype)
     _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
     return y
@@ -720,16 +752,16 @@ def fp8_gemv(
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
-    """CUDA implementation of `trtllm::linear`: the skinny-GEMM kernels up to MAX_ROWS rows, else cuBLAS; with
-    `out_dtype` float32 (half x) both return the fp32 sums unrounded. Inside `kernels.fixed_plans()`, every
-    fp16 / bf16 GEMM runs `fixed_plan` of its row count."""
+    """CUDA implementation of `trtllm::linear`: the skinny-GEMM kernels up to MAX_ROWS rows, the faster of cuBLAS
+    and cuBLASLt up to BLAS_TUNED_ROWS, else cuBLAS; with `out_dtype` float32 (half x) all return the fp32 sums
+    unrounded. Inside `kernels.fixed_plans()`, every fp16 / bf16 GEMM runs `fixed_plan` of its row count."""
     if out_dtype == x.dtype:
         out_dtype = None
     if out_dtype not in (None, torch.float32):
         raise ValueError(f"trtllm::linear returns x's dtype or float32 sums, not {out_dtype}")
     if plans_fixed() and supports(x, weight, bias, max_rows=x.numel()):
         return gemv(x, weight, bias, plan=fixed_plan(x.numel() // x.shape[-1]), out_dtype=out_dtype)
-    if supports(x, weight, bias):
+    if supports(x, weight, bias, max_rows=BLAS_TUNED_ROWS):
         return gemv(x, weight, bias, out_dtype=out_dtype)
     if out_dtype is None:
         return F.linear(x, weight, bias)
