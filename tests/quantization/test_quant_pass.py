@@ -19,9 +19,11 @@ from trtllm_compile.quantization import FORMATS, QuantConfig, calibrate, quantiz
 # in another order (up_proj's rows divided by down_proj's 1/s after or before its columns are scaled).
 PATHS_RTOL = 1e-5
 # INT8 SmoothQuant rounds activations per token: a one-ulp difference before the rounding can move an int8 code a
-# step. Gemma (the 1 + w norm fold) measured 1.0e-3 apart on an AMD EPYC CPU (under 1e-5 on the CPU of earlier
-# runs), where its quantization error against the float model is 4.4e-2.
-INT8_PATHS_RTOL = 2e-3
+# step, and the step spreads through the later GEMMs. On the Intel Xeon of CI, one code flipped at the first o_proj
+# of multi-head attention (x / s 7.6e-5 apart, at a .5 tie) became 3, 27, ... flips and logits 2.2e-3 apart (Gemma:
+# 1.0e-3 on an AMD EPYC). A wrong fold is two orders larger: V's rows left undivided measured 0.75, divided by the
+# reversed s 0.21 (quantization error against the float model: 9e-3 to 4.4e-2).
+INT8_PATHS_RTOL = 1e-2
 QUANT_OPS = {"trtllm.fp8_linear.default", "trtllm.int8_linear.default", "trtllm.int4_linear.default"}
 
 
