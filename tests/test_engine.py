@@ -88,6 +88,28 @@ def test_prompt_longer_than_the_engine_allows_is_rejected_and_nothing_leaks():
     assert llm.engine.block_manager.num_used_blocks == 0
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_blocks": 0}, "num_blocks >= 1"),
+        ({"num_blocks": -3}, "num_blocks >= 1"),
+        ({"block_size": 0}, "block_size >= 1"),
+        ({"gpu_memory_fraction": 1.5}, "in \\(0, 1\\]"),
+    ],
+)
+def test_kv_cache_options_out_of_range_are_rejected_before_a_model_loads(options, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**options)
+
+
+def test_serve_rejects_a_port_out_of_range_at_the_command_line(capsys):
+    from trtllm_compile.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "-5"])
+    assert exited.value.code == 2 and "a port is 0-65535, not -5" in capsys.readouterr().err
+
+
 def test_model_whose_attention_does_not_fuse_gets_a_clear_runtime_error():
     import transformers
 

@@ -71,6 +71,19 @@ class EngineConfig:
     build_in_turn: bool = False  # tensor parallel: ranks build their shards one at a time (host memory)
     overlap_scheduling: bool = True  # launch step n+1 before reading step n's tokens back
 
+    def __post_init__(self):
+        # Checked here, before a model is loaded or a cache allocated (max_batch_size against max_num_tokens: the
+        # scheduler's check; tensor_parallel_size: the engine's)
+        if self.block_size < 1 or (self.num_blocks is not None and self.num_blocks < 1):
+            raise ValueError(
+                f"the KV cache needs block_size >= 1 and num_blocks >= 1 (or None: sized from free memory), got "
+                f"block_size={self.block_size}, num_blocks={self.num_blocks}"
+            )
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise ValueError(
+                f"gpu_memory_fraction is a share of free GPU memory in (0, 1], not {self.gpu_memory_fraction}"
+            )
+
 
 @dataclass
 class _LaunchedStep:

@@ -123,7 +123,9 @@ class ModelRunner:
         self.step = self._build_step(model, compile_config)
         self.block_size = block_size
         self.max_blocks_per_seq = math.ceil(max_seq_len / block_size)
-        self.num_blocks = num_blocks or self._default_num_blocks(max_batch_size, gpu_memory_fraction)
+        self.num_blocks = (
+            num_blocks if num_blocks is not None else self._default_num_blocks(max_batch_size, gpu_memory_fraction)
+        )
         geometry = self.step.geometry
         # One block past the scheduler's: padding rows of CUDA-graph batches write there.
         self.kv_cache = torch.zeros(

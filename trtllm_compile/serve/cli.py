@@ -10,11 +10,19 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def port(text: str) -> int:
+    """An argparse type: a TCP port number (0: any free port the OS picks)."""
+    number = int(text)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {number}")
+    return number
+
+
 def add_parsers(commands, add_model_args) -> None:
     parser = commands.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, SSE streaming)")
     add_model_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port, default=8000)
     parser.add_argument(
         "--api-key",
         default=os.environ.get("TRTLLM_COMPILE_API_KEY"),
@@ -30,9 +38,9 @@ def add_parsers(commands, add_model_args) -> None:
     triton.add_argument("models", nargs="*", help="local Hugging Face folders (default: SmolLM2-135M)")
     triton.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     triton.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    triton.add_argument("--http-port", type=int, default=8000)
-    triton.add_argument("--grpc-port", type=int, default=8001)
-    triton.add_argument("--metrics-port", type=int, default=8002)
+    triton.add_argument("--http-port", type=port, default=8000)
+    triton.add_argument("--grpc-port", type=port, default=8001)
+    triton.add_argument("--metrics-port", type=port, default=8002)
     triton.add_argument("--host", default="127.0.0.1", help="interface Triton binds (default: loopback only)")
     triton.add_argument("--instances", type=int, default=4, help="PyTriton instances per model (concurrent batches)")
     triton.add_argument("--setup", action="store_true", help="make the PyTriton virtual environment, then exit")
@@ -61,7 +69,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"max_batch_size": args.max_batch_size, "max_num_tokens": args.max_num_tokens}
     if args.tp != 1:
         kwargs["tensor_parallel_size"] = args.tp
-    if args.num_blocks:
+    if args.num_blocks is not None:
         kwargs["num_blocks"] = args.num_blocks
     return kwargs
 
