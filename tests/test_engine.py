@@ -88,6 +88,18 @@ def test_prompt_longer_than_the_engine_allows_is_rejected_and_nothing_leaks():
     assert llm.engine.block_manager.num_used_blocks == 0
 
 
+def test_a_token_id_outside_the_vocabulary_is_rejected_and_the_batch_it_came_with_leaves_nothing_behind():
+    llm = LLM(generating_model("llama"), max_batch_size=4, max_num_tokens=64)
+    vocab = llm.engine.vocab_size
+    greedy = SamplingParams(max_tokens=4, temperature=0.0)
+    for bad in (vocab, -1):
+        with pytest.raises(ValueError, match=rf"in \[0, {vocab}\) \(the model's vocabulary\): \[{bad}\]"):
+            llm.generate([[5, 6, 7], [8, bad]], greedy)  # the first request was queued already
+        assert not llm.engine.has_unfinished() and llm.engine.block_manager.num_used_blocks == 0
+    (ok,) = llm.generate([[5, 6, 7]], greedy)
+    assert ok.token_ids == LLM(generating_model("llama")).generate([[5, 6, 7]], greedy)[0].token_ids
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

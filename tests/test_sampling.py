@@ -164,6 +164,7 @@ def test_sample_checks_row_counts() -> None:
         ({"top_p": 1.5}, "top_p"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"seed": -1}, "seed"),
+        ({"stop": ["\n", ""]}, "stop strings"),
     ],
 )
 def test_invalid_params_name_the_field(kwargs: dict, field: str) -> None:
@@ -176,3 +177,7 @@ def test_default_params_are_valid_and_independent() -> None:
     first.stop_token_ids.append(1)
     assert second.stop_token_ids == [] and not first.is_greedy
     assert SamplingParams(temperature=0.0).is_greedy
+
+
+def test_a_single_stop_string_is_one_stop_string_not_its_characters() -> None:
+    assert SamplingParams(stop="\n\n").stop == ["\n\n"]

@@ -20,6 +20,7 @@ from trtllm_compile.serve.protocol import (
         (b'{"prompt": "x", "max_tokens": -3}', "invalid_value", "max_tokens"),
         (b'{"prompt": "x", "top_p": 0}', "invalid_value", "top_p"),
         (b'{"prompt": "x", "n": 3}', "invalid_value", "n"),
+        (b'{"prompt": "x", "stop": ["a", ""]}', "invalid_value", "stop"),
         (b'{"prompt": []}', "invalid_value", None),
         (b'{"prompt": "x", "logit_bias": {"1": 5}}', "invalid_value", None),
     ],

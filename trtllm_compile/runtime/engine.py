@@ -130,6 +130,7 @@ class LLMEngine:
     ):
         self.config = config = config or EngineConfig()
         self.tokenizer = tokenizer
+        self.vocab_size = model.get_input_embeddings().num_embeddings
         self.max_seq_len = min(config.max_num_tokens, getattr(model.config, "max_position_embeddings", 1 << 30))
         runner_kwargs = dict(
             max_batch_size=config.max_batch_size,
@@ -195,7 +196,13 @@ class LLMEngine:
             if self.tokenizer is None:
                 raise ValueError("a text prompt needs a tokenizer; pass token ids or give the engine a tokenizer")
             return self.tokenizer(prompt)["input_ids"]
-        return list(prompt)
+        token_ids = list(prompt)
+        outside = [i for i in token_ids if not 0 <= i < self.vocab_size]
+        if outside:  # an embedding lookup past the table would fail the step of every request in the batch
+            raise ValueError(
+                f"prompt token ids must be in [0, {self.vocab_size}) (the model's vocabulary): {outside[:8]}"
+            )
+        return token_ids
 
     def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)

@@ -85,12 +85,19 @@ class LLM:
         params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
-        ids = [self.engine.add_request(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+        ids: list[str] = []
         final: dict[str, RequestOutput] = {}
-        while len(final) < len(ids):
-            for output in self.engine.step():
-                if output.finished:
-                    final[output.request_id] = output
+        try:
+            ids.extend(self.engine.add_request(prompt, p) for prompt, p in zip(prompts, params, strict=True))
+            while len(final) < len(ids):
+                for output in self.engine.step():
+                    if output.finished:
+                        final[output.request_id] = output
+        except BaseException:  # a bad prompt, an interrupt: none of this call's requests stays behind in the engine
+            for request_id in ids:
+                if request_id not in final:
+                    self.engine.abort(request_id)
+            raise
         return [final[i] for i in ids]
 
     def generate_stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:

@@ -28,10 +28,14 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
-    stop: list[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)  # a single string is one stop string, as in OpenAI's API
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # not its characters, each a stop string
+            self.stop = [self.stop]
+        if "" in self.stop:
+            raise ValueError("stop strings must be non-empty (an empty one would end every request at once)")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not self.temperature >= 0.0:

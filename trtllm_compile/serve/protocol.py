@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trtllm_compile.runtime.sampling import SamplingParams
 
@@ -78,6 +78,13 @@ class _GenerationRequest(BaseModel):
             if value not in (None, False, 0, [], {}):
                 raise ValueError(f"`{name}` is not supported by this server; leave it unset")
         return self
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if stop == "" or (isinstance(stop, list) and "" in stop):
+            raise ValueError("stop strings must be non-empty (an empty one would end the request at once)")
+        return stop
 
     @property
     def stop_list(self) -> list[str]:
