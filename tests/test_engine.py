@@ -62,6 +62,18 @@ def test_hf_generate_shim_takes_a_padded_batch_and_returns_hf_layout():
     actual = compiled.generate(input_ids, attention_mask=attention_mask, max_new_tokens=MAX_NEW, do_sample=False)
     assert torch.equal(actual, expected)
     assert compiled.report.matches["attention"] == 2
+    as_dict = compiled.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=MAX_NEW, return_dict_in_generate=True
+    )
+    assert torch.equal(as_dict.sequences, expected)
+    with pytest.raises(NotImplementedError, match="output_scores"):
+        compiled.generate(input_ids, max_new_tokens=2, output_scores=True, return_dict_in_generate=True)
+    with pytest.raises(ValueError, match=r"\[batch, length\] tensor of token ids, got torch.float32"):
+        compiled.generate(input_ids.float(), max_new_tokens=2)
+    input_ids[-1, -1] = model.config.vocab_size  # the other rows are queued before this one is refused
+    with pytest.raises(ValueError, match="the model's vocabulary"):
+        compiled.generate(input_ids, attention_mask=attention_mask, max_new_tokens=2)
+    assert not compiled.engine.has_unfinished()
 
 
 def test_sampling_is_reproducible_with_a_seed_and_stops_on_stop_tokens():

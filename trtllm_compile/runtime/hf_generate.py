@@ -2,18 +2,29 @@
 
 Rows of a padded batch become independent requests (padding stripped by `attention_mask`), run batched in
 flight, and come back as HF lays them out: the input as given, then the new tokens, padded with
-`pad_token_id` after a row finishes.
+`pad_token_id` after a row finishes (in a `GenerateDecoderOnlyOutput` with `return_dict_in_generate=True`).
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from trtllm_compile.runtime.engine import LLMEngine
 from trtllm_compile.runtime.sampling import SamplingParams
 
-_UNSUPPORTED = {"num_beams": 1, "num_return_sequences": 1, "penalty_alpha": None, "assistant_model": None}
+_UNSUPPORTED = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "penalty_alpha": None,
+    "assistant_model": None,
+    # The engine returns tokens, not per-step scores or activations
+    "output_scores": False,
+    "output_logits": False,
+    "output_attentions": False,
+    "output_hidden_states": False,
+}
 
 
 def sampling_params_from(config: GenerationConfig, prompt_len: int) -> SamplingParams:
@@ -43,7 +54,11 @@ def generate(
     generation_config: GenerationConfig | None = None,
     streamer=None,
     **kwargs,
-) -> torch.Tensor:
+) -> torch.Tensor | GenerateDecoderOnlyOutput:
+    if input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex():
+        raise ValueError(
+            f"input_ids must be a [batch, length] tensor of token ids, got {input_ids.dtype} {list(input_ids.shape)}"
+        )
     config = GenerationConfig.from_dict(
         {**base_config.to_dict(), **(generation_config or GenerationConfig()).to_diff_dict()}
     )
@@ -56,16 +71,23 @@ def generate(
         raise ValueError("a streamer needs a batch of one prompt (as in Hugging Face generate)")
     params = sampling_params_from(config, input_ids.shape[1])
     rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
-    request_ids = [engine.add_request(row, params) for row in rows]
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
+    request_ids: list[str] = []
     outputs: dict[str, list[int]] = {}
-    while len(outputs) < len(request_ids):
-        for output in engine.step():
-            if streamer is not None:
-                streamer.put(torch.tensor(output.token_ids[-1:]))
-            if output.finished:
-                outputs[output.request_id] = output.token_ids
+    try:
+        request_ids.extend(engine.add_request(row, params) for row in rows)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        while len(outputs) < len(request_ids):
+            for output in engine.step():
+                if streamer is not None:
+                    streamer.put(torch.tensor(output.token_ids[-1:]))
+                if output.finished:
+                    outputs[output.request_id] = output.token_ids
+    except BaseException:  # none of this call's requests stays behind in the engine
+        for request_id in request_ids:
+            if request_id not in outputs:
+                engine.abort(request_id)
+        raise
     if streamer is not None:
         streamer.end()
     pad = config.pad_token_id if config.pad_token_id is not None else (params.stop_token_ids or [0])[0]
@@ -74,4 +96,5 @@ def generate(
     for row, request_id in enumerate(request_ids):
         tokens = outputs[request_id]
         new[row, : len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
-    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+    sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+    return GenerateDecoderOnlyOutput(sequences=sequences) if config.return_dict_in_generate else sequences
