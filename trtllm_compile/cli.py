@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (
         FileNotFoundError,
+        FileExistsError,
         ValueError,
         NotImplementedError,  # includes a missing TensorRT converter
         TensorRTUnavailableError,

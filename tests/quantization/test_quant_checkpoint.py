@@ -53,6 +53,38 @@ def test_saving_an_unquantized_model_says_what_to_do(tmp_path):
         save_quantized(TINY_MODELS["llama"].build(), tmp_path)
 
 
+def test_a_save_never_writes_into_a_model_folder_and_an_interrupted_one_leaves_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    from trtllm_compile.quantization import checkpoint
+
+    model, _ = _tiny_quantized("int8_sq")
+    source = tmp_path / "source-model"
+    model.config.save_pretrained(source)  # a Hugging Face model folder
+    with pytest.raises(FileExistsError, match="not a quantized checkpoint"):
+        save_quantized(model, source)
+    from trtllm_compile.cli import main  # the CLI says so before it loads or calibrates anything
+
+    assert main(["quantize", "--format", "fp8", "--calib", str(tmp_path / "absent.txt"), "--out", str(source)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source-model"]
+    assert [p.name for p in source.iterdir()] == ["config.json"]
+
+    out = save_quantized(model, tmp_path / "ckpt")
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_quantized(_tiny_quantized("fp8")[0], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "source-model"]  # no staging folder left
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+    monkeypatch.undo()
+    save_quantized(_tiny_quantized("fp8")[0], out)  # a checkpoint is replaced whole
+    assert load_quantized(out).trtllm_quant_config.format == "fp8"
+
+
 _LOAD_AND_RUN = """
 import sys
 from safetensors.torch import load_file, save_file

@@ -5,6 +5,9 @@ A checkpoint folder holds the Hugging Face `config.json` (and generation config,
 `quant_config.json`: the QuantConfig options, the layout of each QuantLinear, the attention modules with FP8 KV
 scales, and which tensor names alias one another (tied embeddings). Loading builds the model skeleton on the meta
 device, swaps in empty QuantLinears of the recorded layouts, and assigns the stored tensors.
+
+Saving writes a staging folder beside the target and renames it into place: an interrupted save leaves the
+folder as it was, and a folder that is not a quantized checkpoint (the source model's, say) is never written into.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import itertools
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -39,8 +44,38 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None)
     config = getattr(model, "trtllm_quant_config", None)
     if config is None:
         raise ValueError("the model is not quantized: call trtllm_compile.quantize(model, ...) before saving it")
+    out = check_output_folder(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _write(model, config, staging, tokenizer)
+        if out.exists():  # a previous checkpoint (or an empty folder): moved aside, then removed
+            previous = staging.with_suffix(".previous")
+            out.rename(previous)
+            staging.rename(out)
+            shutil.rmtree(previous)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("saved %s model to %s", config.format or "kv-only", out)
+    return out
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """`out_dir` as a Path if a checkpoint may be saved there: new, empty, or a quantized checkpoint already."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; give a folder for the checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not is_quantized_checkpoint(out):
+        raise FileExistsError(
+            f"{out} holds files and is not a quantized checkpoint (a model folder?); give a new or empty folder"
+        )
+    return out
+
+
+def _write(model: nn.Module, config: QuantConfig, out: Path, tokenizer) -> None:
     tensors, aliases, seen = {}, {}, {}
     for name, tensor in _all_tensors(model):
         if id(tensor) in seen:
@@ -67,8 +102,6 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None)
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    logger.info("saved %s model to %s", config.format or "kv-only", out)
-    return out
 
 
 def is_quantized_checkpoint(path: str | os.PathLike) -> bool:

@@ -88,8 +88,9 @@ def _label(path: str | None) -> str:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from trtllm_compile.quantization import quantize, read_text
-    from trtllm_compile.quantization.checkpoint import save_quantized
+    from trtllm_compile.quantization.checkpoint import check_output_folder, save_quantized
 
+    check_output_folder(args.out)  # before the calibration, not after it
     options = {"calib_window": args.calib_window, "calib_windows": args.calib_windows, **_options(args.option)}
     config = QuantConfig.from_name(args.format, kv_cache=args.kv_cache, **options)
     model, tokenizer = load_any(args.model)
