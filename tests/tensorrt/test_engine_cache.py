@@ -2,7 +2,9 @@
 one weight, a setting, or the TensorRT version."""
 
 import time
+from pathlib import Path
 
+import pytest
 import torch
 from network_support import MAX_BATCH, MAX_SEQ
 from support import TINY_MODELS
@@ -10,7 +12,7 @@ from support import TINY_MODELS
 from trtllm_compile.tensorrt import build, load
 from trtllm_compile.tensorrt import trt as flavour
 from trtllm_compile.tensorrt.build import BuildSettings
-from trtllm_compile.tensorrt.cache import EngineCache, cache_key, weights_digest
+from trtllm_compile.tensorrt.cache import EngineCache, cache_key, replace_file, weights_digest
 
 SETTINGS = BuildSettings(max_batch_size=MAX_BATCH, max_seq_len=MAX_SEQ).as_dict()
 
@@ -83,3 +85,20 @@ def test_timing_cache_where_the_flavour_times_tactics(tiny_builds, engine_cache)
         assert not flavour.has_timing_cache() and not timing.exists()  # RTX compiles kernels at run time
     else:
         assert timing.stat().st_size > 0  # full TensorRT: tactic timings kept for the next build
+
+
+def test_a_replaced_file_is_whole_or_as_it_was(tmp_path, monkeypatch):
+    """Refitted engines and timing caches are written this way: an interruption keeps the file before it."""
+    path = tmp_path / "decode.engine"
+    replace_file(path, b"old engine")
+
+    def interrupted(self, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replace_file(path, b"refitted engine")
+    assert path.read_bytes() == b"old engine" and [p.name for p in tmp_path.iterdir()] == ["decode.engine"]
+    monkeypatch.undo()
+    replace_file(path, b"refitted engine")
+    assert path.read_bytes() == b"refitted engine"

@@ -139,6 +139,15 @@ def save_timing_cache(config, path: Path) -> None:
     if cache is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(bytes(cache.serialize()))
-    tmp.replace(path)
+    replace_file(path, bytes(cache.serialize()))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: another file first, renamed over it (a reader never sees half)."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -15,6 +15,7 @@ import torch
 
 from trtllm_compile.tensorrt import trt as flavour
 from trtllm_compile.tensorrt.build import BuildResult
+from trtllm_compile.tensorrt.cache import replace_file
 from trtllm_compile.tensorrt.export import export_step_graph
 from trtllm_compile.tensorrt.impl.context import ConversionContext
 from trtllm_compile.tensorrt.impl.tensors import weights
@@ -60,7 +61,7 @@ def refit(
         missing = refitter.get_missing_weights()
         if missing or not refitter.refit_cuda_engine():
             raise RuntimeError(f"refitting engine {name} failed (missing weights: {list(missing)})")
-        info.path.write_bytes(engine.serialize())
+        replace_file(info.path, bytes(engine.serialize()))  # interrupted: the engine before the refit stays
         refitted[name] = engine
         logger.info("refitted %s (%d weights)", name, len(refitter.get_all_weights()))
     return refitted
