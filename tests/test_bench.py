@@ -69,6 +69,30 @@ def test_bench_measures_each_weight_and_kv_cache_format_and_prints_them_side_by_
     assert summary[2].split()[0] == "1" and summary[2].endswith("x")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-sizes", "0"], "--batch-sizes takes a comma list of positive integers or 'max', not '0'"),
+        (["--batch-sizes", "1,x"], "--batch-sizes takes a comma list of positive integers or 'max', not '1,x'"),
+        (["--peer-batch-sizes", "max"], "--peer-batch-sizes takes a comma list of positive integers, not 'max'"),
+        (["--output-len", "0"], "--input-len and --output-len must be >= 1, got 128 and 0"),
+    ],
+)
+def test_bench_rejects_bad_sizes_before_building_the_model(capsys, argv, message):
+    assert main(["bench", "--config", "llama-2-7b", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_random_model_larger_than_free_memory_is_refused_before_it_is_built(monkeypatch, capsys):
+    from trtllm_compile.runtime import kv_cache
+
+    monkeypatch.setattr(kv_cache, "available_host_memory", lambda: 4 << 30)
+    assert main(["bench", "--config", "llama-2-7b", "--dtype", "bfloat16", "--compare", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "llama-2-7b (32 layers) in bfloat16 takes 12.6 GiB of weights, more than the 4.0 GiB free on cpu" in err
+    assert "cut it with --num-layers" in err
+
+
 def test_bench_rejects_an_unknown_kv_cache_format_before_building_the_model(capsys):
     assert main(["bench", "--config", "llama-2-7b", "--kv-cache", "int8"]) == 2
     assert "unknown KV cache format(s) ['int8']; choose from none, fp8" in capsys.readouterr().err

@@ -69,6 +69,15 @@ def _choices(names: str, known: tuple[str, ...], what: str) -> list[str]:
     return chosen
 
 
+def _batch_sizes(text: str, option: str, allow_max: bool) -> list[str]:
+    """`text`'s comma list of positive batch sizes (and 'max' where `allow_max`), checked before the model is built."""
+    sizes = [s.strip() for s in text.split(",")]
+    if not all(s.isdigit() and int(s) > 0 or (allow_max and s == "max") for s in sizes):
+        allowed = "positive integers or 'max'" if allow_max else "positive integers"
+        raise ValueError(f"{option} takes a comma list of {allowed}, not {text!r}")
+    return sizes
+
+
 def _variants(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """(weight format, KV cache format or None) pairs of --quantization x --kv-cache, checked before the model
     is built (a 7B model takes a while)."""
@@ -174,15 +183,21 @@ def run_bench(args: argparse.Namespace) -> int:
     variants = _variants(args)
     if args.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.input_len < 1 or args.output_len < 1:
+        raise ValueError(f"--input-len and --output-len must be >= 1, got {args.input_len} and {args.output_len}")
+    sizes = _batch_sizes(args.batch_sizes, "--batch-sizes", allow_max=True)
+    numeric = [int(s) for s in sizes if s != "max"]
+    peer_sizes = (
+        [int(s) for s in _batch_sizes(args.peer_batch_sizes, "--peer-batch-sizes", False)]
+        if args.peer_batch_sizes
+        else numeric
+    )
     dtype = DTYPES[args.dtype]
     if args.config:
         model, tokenizer = random_model(args.config, dtype, args.device, args.num_layers), None
     else:
         model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
     vocab = model.config.vocab_size
-    sizes = [s.strip() for s in args.batch_sizes.split(",")]
-    numeric = [int(s) for s in sizes if s != "max"]
-    peer_sizes = [int(s) for s in args.peer_batch_sizes.split(",")] if args.peer_batch_sizes else numeric
 
     results: list[Measurement] = []
     for peer in peers:

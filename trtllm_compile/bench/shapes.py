@@ -75,8 +75,29 @@ def random_model(shape: str, dtype: torch.dtype, device: str | torch.device, num
     if num_layers is not None:
         config.num_hidden_layers = num_layers
     config.eos_token_id = None  # random weights never stop on their own: every request runs its full length
+    _check_fits(shape, config, dtype, torch.device(device))
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model.eval()
+
+
+def _check_fits(shape: str, config, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a model whose weights alone exceed the device's free memory: building it would end in an
+    out-of-memory kill (the host's) or error halfway, after minutes."""
+    with torch.device("meta"):
+        skeleton = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    weight_bytes = sum(p.numel() * p.element_size() for p in skeleton.parameters())
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        from trtllm_compile.runtime.kv_cache import available_host_memory
+
+        free = available_host_memory()
+    if free is not None and weight_bytes > free:
+        raise ValueError(
+            f"{shape} ({config.num_hidden_layers} layers) in {str(dtype).removeprefix('torch.')} takes "
+            f"{weight_bytes / 2**30:.1f} GiB of weights, more than the {free / 2**30:.1f} GiB free on {device}: "
+            "cut it with --num-layers, or take a smaller --dtype"
+        )
