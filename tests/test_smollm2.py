@@ -90,3 +90,23 @@ def test_engine_greedy_equals_hf_with_requests_joining_mid_flight(smollm2):
     streamed = list(llm.generate_stream(PROMPTS[0], params))
     assert "".join(o.new_text for o in streamed) == results[0].text
     assert streamed[-1].finished
+
+
+@pytest.mark.slow
+def test_the_main_job_answers_as_eager_does_and_reports_no_fallback(capsys):
+    """README's first command: `trtllm-compile run "The capital of France is"` on the embedded default model."""
+    from trtllm_compile.cli import main
+
+    assert main(["run", "The capital of France is", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(" Paris.") and "greedy tokens identical to eager: yes" in out
+    assert "fused: attention 30, rope 60, mlp 30, norm 61" in out and "fallbacks: none" in out
+
+
+def test_the_main_job_refuses_a_prompt_past_the_model_context_before_generating(capsys):
+    from trtllm_compile.cli import main
+
+    assert main(["run", "word " * 9000, "--max-new-tokens", "4"]) == 2
+    assert "the prompt (9001 tokens) and --max-new-tokens 4 need 9005 positions, the model has 8192" in (
+        capsys.readouterr().err
+    )

@@ -28,6 +28,7 @@ def _timed_generate(generate, batch, max_new_tokens: int) -> tuple[torch.Tensor,
 def run(args: argparse.Namespace) -> int:
     """Generate with eager PyTorch and with the compiled model; print both texts' timing and the report."""
     from trtllm_compile import compile, load_model
+    from trtllm_compile.runtime.engine import EngineConfig
 
     model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
     prompt = args.prompt
@@ -37,10 +38,19 @@ def run(args: argparse.Namespace) -> int:
         )
     batch = tokenizer(prompt, return_tensors="pt").to(args.device)
     prompt_len = batch["input_ids"].shape[1]
+    needed = prompt_len + args.max_new_tokens
+    context = getattr(model.config, "max_position_embeddings", needed)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if needed > context:  # checked before eager runs it
+        raise ValueError(
+            f"the prompt ({prompt_len} tokens) and --max-new-tokens {args.max_new_tokens} need {needed} positions, "
+            f"the model has {context}: shorten the prompt or lower --max-new-tokens"
+        )
 
     _timed_generate(model.generate, batch, 2)  # warm-up, so eager is not charged for first-call costs
     eager_out, eager_s = _timed_generate(model.generate, batch, args.max_new_tokens)
-    compiled = compile(model)
+    compiled = compile(model, max_num_tokens=max(EngineConfig.max_num_tokens, needed))  # a long prompt fits
     first_out, first_s = _timed_generate(compiled.generate, batch, args.max_new_tokens)
     compiled_out, compiled_s = _timed_generate(compiled.generate, batch, args.max_new_tokens)
 
