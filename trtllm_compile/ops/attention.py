@@ -51,6 +51,9 @@ def attend(
     `attn_mask` is boolean (True = attend) or additive, broadcastable to [B, Hq, Sq, Skv]. `is_causal` and
     `sliding_window` (> 0) align top-left, exactly as SDPA's `is_causal` (the call this op replaces).
     """
+    if softcap <= 0.0 and attn_mask is None and sliding_window <= 0:
+        # No mask to build: SDPA's own causal path (on CPU, 2x faster than a [S, S] mask at 4.5k tokens)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=True).contiguous()
     visible = visibility_mask(q.shape[-2], k.shape[-2], is_causal, sliding_window, q.device)
     mask = combined_mask(attn_mask, visible, q.dtype)
     if softcap <= 0.0:

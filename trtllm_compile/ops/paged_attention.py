@@ -129,6 +129,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, sliding_window: int, 
     if q_len == 1:  # a decode sees every cached key, or the window's last ones: a slice, no mask to build
         first = max(0, kv_len - sliding_window) if sliding_window > 0 else 0
         return attend(q, k[:, :, first:], v[:, :, first:], None, scale, softcap=softcap)
+    if q_len == kv_len and sliding_window <= 0:  # a prompt with nothing cached before it: plain causal
+        return attend(q, k, v, None, scale, is_causal=True, softcap=softcap)
     # Queries are the last q_len positions: causal and window masks align to the end of the keys.
     allowed = visibility_mask(kv_len, kv_len, True, sliding_window, q.device)[kv_len - q_len :]
     return attend(q, k, v, allowed, scale, softcap=softcap)
