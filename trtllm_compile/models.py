@@ -75,6 +75,18 @@ def _drop_gguf_marks(model) -> None:
         del model.config.quantization_config
 
 
+def model_folder(name_or_path: str | os.PathLike | None) -> Path:
+    """The folder `load_model` reads: `name_or_path`, or the embedded default model's when None; one without a
+    config.json raises FileNotFoundError naming what to give instead."""
+    folder = default_model_dir() if name_or_path is None else Path(name_or_path)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(
+            f"{folder} is not a Hugging Face model folder (no config.json); pass a local folder saved with "
+            "save_pretrained, or no model to use the embedded default"
+        )
+    return folder
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
@@ -84,12 +96,7 @@ def load_model(
     """(model, tokenizer) from a local Hugging Face folder, or the embedded default model when None."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = default_model_dir() if name_or_path is None else Path(name_or_path)
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(
-            f"{folder} is not a Hugging Face model folder (no config.json); pass a local folder saved with "
-            "save_pretrained, or no model to use the embedded default"
-        )
+    folder = model_folder(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=dtype, local_files_only=True, attn_implementation=attn_implementation
     )

@@ -210,6 +210,13 @@ def test_sigint_and_sigterm_stop_the_server_even_if_sigint_was_ignored():
     assert done.stdout.split("\n")[:2] == ["stopped by SIGINT", "stopped by SIGTERM"], done.stderr[-4000:]
 
 
+def test_a_folder_that_is_not_a_model_is_refused_before_triton_starts(tmp_path, capsys):
+    from trtllm_compile.cli import main
+
+    assert main(["triton", str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a Hugging Face model folder (no config.json)" in capsys.readouterr().err
+
+
 def test_bad_request_is_answered_without_failing_the_server(triton_server):
     url, names = triton_server.url, triton_server.names
     body = {"text_input": "Hi", "max_tokens": 10**6}

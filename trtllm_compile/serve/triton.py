@@ -31,6 +31,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from trtllm_compile.models import model_folder
 from trtllm_compile.runtime.engine import LLMEngine, RequestOutput
 from trtllm_compile.runtime.sampling import SamplingParams
 from trtllm_compile.serve.async_engine import AsyncEngine
@@ -199,6 +200,8 @@ def serve_triton(args: argparse.Namespace) -> int:
     if getattr(args, "setup", False):
         print(f"PyTriton environment ready: {setup_venv()}")
         return 0
+    for model in args.models:  # before Triton starts (and waits out its timeout to stop)
+        model_folder(model)
     if not pytriton_available():
         python = triton_venv() / "bin" / "python"
         if not python.exists():
