@@ -24,7 +24,7 @@ import gc
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -203,6 +203,32 @@ class LLMEngine:
                 f"prompt token ids must be in [0, {self.vocab_size}) (the model's vocabulary): {outside[:8]}"
             )
         return token_ids
+
+    def run_to_completion(
+        self,
+        requests: Iterable[tuple[str | list[int], SamplingParams | None]],
+        on_output: Callable[[RequestOutput], None] | None = None,
+    ) -> list[RequestOutput]:
+        """Queue the (prompt, params) `requests` and step until each has finished: their final outputs, in order.
+        `on_output` sees every output the steps return. If this raises (a bad prompt, an interrupt), none of these
+        requests stays behind in the engine."""
+        ids: list[str] = []
+        final: dict[str, RequestOutput] = {}
+        try:
+            ids.extend(self.add_request(prompt, params) for prompt, params in requests)
+            ours = set(ids)
+            while len(final) < len(ids):
+                for output in self.step():
+                    if on_output is not None:
+                        on_output(output)
+                    if output.finished and output.request_id in ours:
+                        final[output.request_id] = output
+        except BaseException:
+            for request_id in ids:
+                if request_id not in final:
+                    self.abort(request_id)
+            raise
+        return [final[i] for i in ids]
 
     def abort(self, request_id: str) -> None:
         self.scheduler.abort(request_id)

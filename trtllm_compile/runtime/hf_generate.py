@@ -71,30 +71,16 @@ def generate(
         raise ValueError("a streamer needs a batch of one prompt (as in Hugging Face generate)")
     params = sampling_params_from(config, input_ids.shape[1])
     rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
-    request_ids: list[str] = []
-    outputs: dict[str, list[int]] = {}
-    try:
-        request_ids.extend(engine.add_request(row, params) for row in rows)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        while len(outputs) < len(request_ids):
-            for output in engine.step():
-                if streamer is not None:
-                    streamer.put(torch.tensor(output.token_ids[-1:]))
-                if output.finished:
-                    outputs[output.request_id] = output.token_ids
-    except BaseException:  # none of this call's requests stays behind in the engine
-        for request_id in request_ids:
-            if request_id not in outputs:
-                engine.abort(request_id)
-        raise
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    stream = None if streamer is None else lambda output: streamer.put(torch.tensor(output.token_ids[-1:]))
+    outputs = [output.token_ids for output in engine.run_to_completion(((row, params) for row in rows), stream)]
     if streamer is not None:
         streamer.end()
     pad = config.pad_token_id if config.pad_token_id is not None else (params.stop_token_ids or [0])[0]
-    width = max(len(tokens) for tokens in outputs.values())
+    width = max(len(tokens) for tokens in outputs)
     new = torch.full((len(rows), width), pad, dtype=input_ids.dtype)
-    for row, request_id in enumerate(request_ids):
-        tokens = outputs[request_id]
+    for row, tokens in enumerate(outputs):
         new[row, : len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
     sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
     return GenerateDecoderOnlyOutput(sequences=sequences) if config.return_dict_in_generate else sequences

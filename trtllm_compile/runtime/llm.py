@@ -85,20 +85,7 @@ class LLM:
         params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
-        ids: list[str] = []
-        final: dict[str, RequestOutput] = {}
-        try:
-            ids.extend(self.engine.add_request(prompt, p) for prompt, p in zip(prompts, params, strict=True))
-            while len(final) < len(ids):
-                for output in self.engine.step():
-                    if output.finished:
-                        final[output.request_id] = output
-        except BaseException:  # a bad prompt, an interrupt: none of this call's requests stays behind in the engine
-            for request_id in ids:
-                if request_id not in final:
-                    self.engine.abort(request_id)
-            raise
-        return [final[i] for i in ids]
+        return self.engine.run_to_completion(zip(prompts, params, strict=True))
 
     def generate_stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield the request's output after every step that advanced it (`new_text` holds the delta)."""

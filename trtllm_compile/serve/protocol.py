@@ -86,10 +86,6 @@ class _GenerationRequest(BaseModel):
             raise ValueError("stop strings must be non-empty (an empty one would end the request at once)")
         return stop
 
-    @property
-    def stop_list(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
     def sampling_params(self, max_tokens: int) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -98,7 +94,7 @@ class _GenerationRequest(BaseModel):
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
             seed=self.seed,
-            stop=self.stop_list,
+            stop=self.stop or [],  # a single string is one stop string there too
             ignore_eos=self.ignore_eos,
         )
 
