@@ -52,7 +52,7 @@ def bench_shape(name: str, m: int, dtype: torch.dtype) -> dict:
     ours = gpu_us(gemv.linear, arg_sets)
     # Eager, L2 flushed (triton's do_bench): launch gaps included.
     cublas_eager = do_bench(lambda: F.linear(x, w), return_mode="median") * 1e3
-    key = (gemv.row_bucket(m), n, k, dtype, w.dtype, x.device)  # as gemv.plan_for keys its plans
+    key = (gemv.row_bucket(m), n, k, dtype, w.dtype, dtype, x.device)  # as gemv.plan_for keys its plans
     plan = tuning.plans.get(key)
     return dict(
         shape=name, m=m, n=n, k=k, bytes=nbytes, cublas_us=cublas, ours_us=ours, plan=str(plan),

@@ -110,6 +110,13 @@ def test_linear_interpreted_falls_back_to_f_linear(interpreted, monkeypatch):
     assert launched == [gemv.CUBLAS]  # up to BLAS_TUNED_ROWS, a BLAS plan (the default where nothing is timed)
     monkeypatch.setattr(gemv, "BLAS_TUNED_ROWS", 16)
     assert torch.equal(gemv.linear(x, weight), F.linear(x, weight)) and launched == [gemv.CUBLAS]
+    # padded: x's 17 rows run as 32 + pad_rows, y the first 17 of them (cuBLASLt cannot be chosen on a CPU build)
+    for plan in (p for p in gemv.BLAS_CANDIDATES if p.path == "cublas"):
+        y = gemv.gemv(x, weight, plan=plan)
+        assert y.shape == (17, 8) and y.is_contiguous() and torch.equal(y, F.linear(x, weight))
+        assert y.untyped_storage().nbytes() == gemv.plan_rows(17, plan) * 8 * y.element_size()
+    with pytest.raises(ValueError, match="writes 48 rows of 17, but y has 17"):
+        gemv._launch(x, weight, None, torch.empty(17, 8, dtype=x.dtype), gemv.Plan("cublas", 0, 0, pad_rows=16))
     assert not gemv.supports(x[:4].float(), weight.float(), None)  # fp32: no GEMV path
     assert not gemv.supports(x[:4], weight.t().contiguous().t(), None)  # weight without contiguous rows
     with pytest.raises(ValueError, match="at most 4 rows"):
@@ -287,7 +294,8 @@ def test_linear_gpu_autotuned_and_captured_in_a_cuda_graph(gemv_gpu, assert_matc
 @pytest.mark.gpu
 def test_linear_gpu_times_cublas_against_cublaslt_per_row_count(gemv_gpu, monkeypatch):
     """Past MAX_ROWS each step of 16 rows times both BLAS libraries (a 384-row down GEMM: 73.6 us in cuBLAS, 62.0 in
-    cuBLASLt on an H100), keeps the faster, and leaves torch's preferred library as it was."""
+    cuBLASLt on an H100), on x as it is and padded (a 416-row QKV GEMM: 84.9 us, 61.1 at 432 rows), keeps the
+    fastest, and leaves torch's preferred library as it was."""
     from trtllm_compile.kernels import tuning
 
     monkeypatch.setenv("TRTLLM_TRITON_AUTOTUNE", "1")
@@ -298,7 +306,8 @@ def test_linear_gpu_times_cublas_against_cublaslt_per_row_count(gemv_gpu, monkey
         out = gemv_gpu.linear(x, weight)
         key = (rows, n, k, torch.bfloat16, torch.bfloat16, torch.bfloat16, x.device)
         assert tuning.plans[key] in gemv_gpu.BLAS_CANDIDATES
-        assert set(tuning.tuning_log[key]) == {"cublas", "cublaslt"}
+        assert set(tuning.tuning_log[key]) == {str(plan) for plan in gemv_gpu.BLAS_CANDIDATES}
+        assert {"cublas", "cublaslt", "cublas+16", "cublaslt+32"} <= set(tuning.tuning_log[key])
         atol, rtol = GEMM_VS_CUBLAS[x.dtype]
         torch.testing.assert_close(out, F.linear(x, weight), atol=atol, rtol=rtol)
     assert torch.backends.cuda.preferred_blas_library() == preferred

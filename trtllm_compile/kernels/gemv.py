@@ -29,7 +29,9 @@ L2 for its first W tile while the kernel before it ends.
 
 Above MAX_ROWS, up to BLAS_TUNED_ROWS (decode batches), `linear` times cuBLAS against cuBLASLt per 16 rows and
 keeps the faster: their heuristics pick different tiles, and on an H100 a Llama-2-7B layer's GEMMs at
-384 rows took 8.04 ms a step in cuBLAS against 7.65 in cuBLASLt (the down GEMM: 73.6 against 62.0 us).
+384 rows took 8.04 ms a step in cuBLAS against 7.65 in cuBLASLt (the down GEMM: 73.6 against 62.0 us). Each library
+is also timed on x padded with BLAS_PAD_ROWS more rows (whose outputs are dropped): both fall off a cliff at some row
+counts, and on an H100 the QKV GEMM of 416 rows took 84.9 us where 432 rows took 61.1 (docs/benchmarks.md run 91).
 """
 
 from __future__ import annotations
@@ -435,10 +437,11 @@ class Plan:
     num_warps: int = 4
     num_stages: int = 1
     block_m: int = 16
+    pad_rows: int = 0  # BLAS paths: x's rows, rounded up to BLAS_ROW_STEP, plus this many run (outputs dropped)
 
     def __str__(self) -> str:
         if self.path in BLAS_PATHS:
-            return self.path
+            return f"{self.path}+{self.pad_rows}" if self.pad_rows else self.path
         rows = f" M{self.block_m}" if self.path == "dot" and self.block_m != 16 else ""
         tile = f"N{self.block_n} K{self.block_k} split{self.split_k}"
         return f"{self.path}{rows} {tile} w{self.num_warps} s{self.num_stages}"
@@ -456,7 +459,12 @@ def dot_plan(block_n, block_k, split_k=1, num_warps=4, num_stages=4, block_m=16)
 CUBLAS = Plan("cublas", 0, 0)
 CUBLASLT = Plan("cublaslt", 0, 0)
 BLAS_PATHS = ("cublas", "cublaslt")
-BLAS_CANDIDATES = [CUBLAS, CUBLASLT]  # above MAX_ROWS
+BLAS_PAD_ROWS = (16, 32)
+BLAS_CANDIDATES = [  # above MAX_ROWS
+    CUBLAS,
+    CUBLASLT,
+    *(Plan(plan.path, 0, 0, pad_rows=pad) for pad in BLAS_PAD_ROWS for plan in (CUBLAS, CUBLASLT)),
+]
 
 
 # Candidates per M bucket (next power of two of M), the first being the default when tuning is off: the plans
@@ -613,6 +621,9 @@ def _launch(
     if quant is not None and plan.path in BLAS_PATHS:
         raise ValueError(f"quantized weights take the fma or dot path, not {plan} (see FP8_CANDIDATES)")
     if plan.path in BLAS_PATHS:
+        if y2.shape[0] != plan_rows(m, plan):
+            raise ValueError(f"{plan} writes {plan_rows(m, plan)} rows of {m}, but y has {y2.shape[0]}")
+        x2 = F.pad(x2, (0, 0, 0, y2.shape[0] - m)) if y2.shape[0] > m else x2
         with _preferred_blas("cublaslt") if plan.path == "cublaslt" else contextlib.nullcontext():
             _blas_mm(x2, weight, bias, y2)
         return
@@ -703,21 +714,34 @@ def split_k_buffers(y2: Tensor, splits: int, tiles: int) -> tuple[Tensor, Tensor
     return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device), split_counts(y2.device)
 
 
-def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, y2: Tensor, fp8: Fp8Scales | None = None) -> Plan:
+def plan_rows(m: int, plan: Plan) -> int:
+    """The rows a plan computes for `m` rows of x: a padded BLAS plan's more, m otherwise."""
+    return triton.cdiv(m, BLAS_ROW_STEP) * BLAS_ROW_STEP + plan.pad_rows if plan.pad_rows else m
+
+
+def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, fp8: Fp8Scales | None = None) -> Plan:
     """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, y dtype, device); past
-    MAX_ROWS the M bucket is M rounded up to BLAS_ROW_STEP, and the plan cuBLAS or cuBLASLt."""
+    MAX_ROWS the M bucket is M rounded up to BLAS_ROW_STEP, and the plan cuBLAS or cuBLASLt, padded or not."""
     m = x2.shape[0]
     rows = row_bucket(m) if m <= MAX_ROWS else triton.cdiv(m, BLAS_ROW_STEP) * BLAS_ROW_STEP
-    key = (rows, weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, y2.dtype, x2.device)
+    key = (rows, weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, dtype, x2.device)
     candidates = FP8_CANDIDATES[rows] if fp8 is not None else CANDIDATES.get(rows, BLAS_CANDIDATES)
-    return cached_plan(key, candidates, lambda plan: _launch(x2, weight, bias, y2, plan, fp8))
+
+    def run(plan: Plan) -> None:
+        y2 = torch.empty(plan_rows(m, plan), weight.shape[0], dtype=dtype, device=x2.device)
+        _launch(x2, weight, bias, y2, plan, fp8)
+
+    return cached_plan(key, candidates, run)
 
 
-def _rows_and_output(x: Tensor, weight: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """x as [M, K] rows, and y [..., N] in `dtype` (default x's) with its [M, N] view."""
-    n = weight.shape[0]
-    y = torch.empty((*x.shape[:-1], n), dtype=dtype or x.dtype, device=x.device)
-    return rows_view(x), y, y.view(-1, n)
+def _rows_and_output(
+    x: Tensor, weight: Tensor, dtype: torch.dtype | None = None, rows: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x as [M, K] rows, and y [..., N] in `dtype` (default x's) with the [rows, N] buffer it begins (default M
+    rows; a padded BLAS plan writes more, and y views the first M, contiguous)."""
+    x2, n = rows_view(x), weight.shape[0]
+    y2 = torch.empty((rows or x2.shape[0], n), dtype=dtype or x.dtype, device=x.device)
+    return x2, y2[: x2.shape[0]].view(*x.shape[:-1], n), y2
 
 
 def gemv(
@@ -730,8 +754,10 @@ def gemv(
     """x [..., K] @ weight[N, K]^T + bias (`supports` must hold: the tuned plans are the skinny-GEMM kernels up to
     MAX_ROWS rows and cuBLAS / cuBLASLt above; the BLAS plans and dot plans take any rows); `plan` forces one.
     `out_dtype` float32 returns the fp32 sums unrounded."""
-    x2, y, y2 = _rows_and_output(x, weight, out_dtype)
-    _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2))
+    x2 = rows_view(x)
+    plan = plan or plan_for(x2, weight, bias, out_dtype or x.dtype)
+    _, y, y2 = _rows_and_output(x, weight, out_dtype, plan_rows(x2.shape[0], plan))
+    _launch(x2, weight, bias, y2, plan)
     return y
 
 
@@ -747,7 +773,7 @@ def fp8_gemv(
     is quantized inside the GEMV, so a decode step's FP8 GEMM is one kernel that reads each weight byte once."""
     x2, y, y2 = _rows_and_output(x, weight)
     fp8 = Fp8Scales(input_scale.float().reshape(()), weight_scale.float().reshape(-1))
-    _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2, fp8), fp8)
+    _launch(x2, weight, bias, y2, plan or plan_for(x2, weight, bias, y2.dtype, fp8), fp8)
     return y
 
 
