@@ -714,16 +714,21 @@ def split_k_buffers(y2: Tensor, splits: int, tiles: int) -> tuple[Tensor, Tensor
     return torch.empty((splits, *y2.shape), dtype=torch.float32, device=y2.device), split_counts(y2.device)
 
 
+def blas_bucket(m: int) -> int:
+    """Past MAX_ROWS, the rows a plan is tuned for: m rounded up to BLAS_ROW_STEP."""
+    return triton.cdiv(m, BLAS_ROW_STEP) * BLAS_ROW_STEP
+
+
 def plan_rows(m: int, plan: Plan) -> int:
     """The rows a plan computes for `m` rows of x: a padded BLAS plan's more, m otherwise."""
-    return triton.cdiv(m, BLAS_ROW_STEP) * BLAS_ROW_STEP + plan.pad_rows if plan.pad_rows else m
+    return blas_bucket(m) + plan.pad_rows if plan.pad_rows else m
 
 
 def plan_for(x2: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, fp8: Fp8Scales | None = None) -> Plan:
     """The cached plan (`cached_plan`) of this (M bucket, N, K, x dtype, weight dtype, y dtype, device); past
     MAX_ROWS the M bucket is M rounded up to BLAS_ROW_STEP, and the plan cuBLAS or cuBLASLt, padded or not."""
     m = x2.shape[0]
-    rows = row_bucket(m) if m <= MAX_ROWS else triton.cdiv(m, BLAS_ROW_STEP) * BLAS_ROW_STEP
+    rows = row_bucket(m) if m <= MAX_ROWS else blas_bucket(m)
     key = (rows, weight.shape[0], x2.shape[1], x2.dtype, weight.dtype, dtype, x2.device)
     candidates = FP8_CANDIDATES[rows] if fp8 is not None else CANDIDATES.get(rows, BLAS_CANDIDATES)
 
