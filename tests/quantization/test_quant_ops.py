@@ -111,13 +111,19 @@ def test_quantize_weight_error_is_what_the_format_allows(fmt, bound):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_int4_group_scales_and_zero_points_are_kept_in_the_models_dtype(dtype):
     """A half-precision model's INT4 groups keep scales and zero points in its dtype (the GPU GEMV reads half the
-    bytes): the fp32 grid rounded once, the codes unchanged; the weight may come as fp32 (the passes upcast it)."""
+    bytes): the fp32 grid rounded once, and the codes the nearest on the scales the op will use, a step at most
+    from the fp32 grid's; the weight may come as fp32 (the passes upcast it)."""
     w = torch.randn(32, 256)
     config = QuantConfig.from_name("int4_rtn")
     full = quantize_weight(config, w, None)
     q = quantize_weight(config, w, None, dtype=dtype)
-    assert q.weight_scale.dtype == q.zeros.dtype == dtype and torch.equal(q.weight, full.weight)
+    assert q.weight_scale.dtype == q.zeros.dtype == dtype
     assert torch.equal(q.weight_scale, full.weight_scale.to(dtype)) and torch.equal(q.zeros.float(), full.zeros)
+    codes, full_codes = quant.unpack_int4(q.weight), quant.unpack_int4(full.weight)
+    assert (codes.int() - full_codes.int()).abs().max() <= 1
+    scales, zeros = q.weight_scale.float(), q.zeros.float()
+    error = (quant.dequantize_codes(codes, scales, zeros, 128) - w).abs()
+    assert torch.all(error <= (quant.dequantize_codes(full_codes, scales, zeros, 128) - w).abs() + 1e-6)
     assert quantize_weight(config, w.to(dtype), None).weight_scale.dtype == dtype  # by default the weight's
 
 
