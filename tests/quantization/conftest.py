@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from quant_support import AWQ_GRID, AWQ_SAMPLES, CAL_WINDOWS, EVAL_WINDOWS, WINDOW, corpus_file
+from quant_support import AWQ_SAMPLES, CAL_WINDOWS, EVAL_WINDOWS, VARIANTS, WINDOW, corpus_file
 
 
 @pytest.fixture(scope="session")
@@ -15,19 +15,20 @@ def wiki_text() -> str:
 
 @pytest.fixture(scope="session")
 def smollm2_calibration(smollm2):
-    """SmolLM2 calibrated once on c4 (with AWQ samples and K/V ranges): every format reuses it."""
+    """SmolLM2 calibrated once on c4 (with AWQ samples, GPTQ Gram matrices and K/V ranges): every format reuses
+    it."""
     from trtllm_compile.quantization import calibrate, read_text
 
     model, tokenizer = smollm2
     text = read_text(corpus_file("c4.utf8"))
     return calibrate(
-        model, tokenizer, text, window=WINDOW, max_windows=CAL_WINDOWS, samples=AWQ_SAMPLES, progress=False
+        model, tokenizer, text, window=WINDOW, max_windows=CAL_WINDOWS, samples=AWQ_SAMPLES, grams=True, progress=False
     )
 
 
 @pytest.fixture(scope="session")
 def quantized_smollm2(smollm2, smollm2_calibration):
-    """fmt -> SmolLM2 quantized to it from the shared calibration, built once per session."""
+    """label (of VARIANTS) -> SmolLM2 quantized so from the shared calibration, built once per session."""
     import copy
 
     from trtllm_compile.quantization import quantize
@@ -35,11 +36,11 @@ def quantized_smollm2(smollm2, smollm2_calibration):
     model, _ = smollm2
     cache = {}
 
-    def get(fmt: str):
-        if fmt not in cache:
-            options = {"awq_grid": AWQ_GRID} if fmt == "int4_awq" else {}
-            cache[fmt] = quantize(copy.deepcopy(model), fmt, calibration=smollm2_calibration, **options)
-        return cache[fmt]
+    def get(label: str):
+        if label not in cache:
+            fmt, options = VARIANTS[label]
+            cache[label] = quantize(copy.deepcopy(model), fmt, calibration=smollm2_calibration, **options)
+        return cache[label]
 
     return get
 

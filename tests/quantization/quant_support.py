@@ -17,6 +17,16 @@ CAL_WINDOWS = 16
 EVAL_WINDOWS = 16
 AWQ_SAMPLES = 512  # tokens per linear input kept for the AWQ search
 AWQ_GRID = 10  # alpha in {0, 0.1, ..., 0.9}: half the paper's grid, half the search time
+# The quantized SmolLM2s the tests compare, by label: (format, QuantConfig options).
+VARIANTS = {
+    "fp8": ("fp8", {}),
+    "fp8+gptq": ("fp8", {"rounding": "gptq"}),
+    "int8_sq": ("int8_sq", {}),
+    "int4_awq": ("int4_awq", {"awq_grid": AWQ_GRID}),
+    "int4_gptq": ("int4_gptq", {}),
+    "int4_rtn": ("int4_rtn", {}),
+}
+
 
 # Op references against a float64 dequantize-and-multiply: both see identical quantized operands, so they
 # differ only by float32 accumulation order (1e-5 relative) and the final cast to the activation dtype

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _tiny_quantized(fmt: str):
     model = TINY_MODELS["llama"].build()
     windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
-    calibration = calibrate(model, windows=windows, samples=48, progress=False)
+    calibration = calibrate(model, windows=windows, samples=48, grams=True, progress=False)
     return quantize(model, fmt, calibration=calibration, group_size=32, kv_cache="fp8"), windows
 
 

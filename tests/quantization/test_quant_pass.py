@@ -45,7 +45,7 @@ def graphs(monkeypatch):
 def _setup(arch: str):
     model = TINY_MODELS[arch].build()
     windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
-    return model, windows, calibrate(model, windows=windows, samples=48, progress=False)
+    return model, windows, calibrate(model, windows=windows, samples=48, grams=True, progress=False)
 
 
 def _compile(model, windows, qconfig, disable=()):
@@ -94,7 +94,7 @@ def test_o_proj_scale_folds_into_v_rows_of_multi_head_attention(graphs, fmt, kv_
     graph returns V in a Hugging Face cache (the next step's graph, which concatenates the cache, cannot fold)."""
     model = TINY_MODELS["llama"].with_config(num_key_value_heads=4, use_cache=use_cache).build()
     windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
-    calibration = calibrate(model, windows=windows, samples=48, progress=False)
+    calibration = calibrate(model, windows=windows, samples=48, grams=True, progress=False)
     qconfig = QuantConfig.from_name(fmt, group_size=32, kv_cache=kv_cache).with_calibration(calibration)
     actual = _compile(model, windows, qconfig)
     multiplies = [n for n in graphs[-1].graph.nodes if n.target == torch.ops.aten.mul.Tensor]

@@ -27,7 +27,7 @@ def test_compile_option_quantizes_the_step_graph_like_quantize(fmt, exclude):
     model = TINY_MODELS["llama"].build()
     model.generation_config.eos_token_id = None  # random weights: run every request to its length
     windows = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(0))
-    calibration = calibrate(model, windows=windows, samples=48, progress=False)
+    calibration = calibrate(model, windows=windows, samples=48, grams=True, progress=False)
     qconfig = QuantConfig.from_name(fmt, group_size=32, exclude=exclude).with_calibration(calibration)
     params = SamplingParams(max_tokens=8, temperature=0.0)
 

@@ -15,7 +15,7 @@ from torch import nn
 from trtllm_compile.bench.measure import PEERS, Measurement, measure_engine, measure_peer
 from trtllm_compile.bench.shapes import SHAPES, random_model
 from trtllm_compile.config import CompileConfig
-from trtllm_compile.quantization.config import FORMATS, KV_CACHE_FORMATS
+from trtllm_compile.quantization.config import FORMATS, KV_CACHE_FORMATS, QuantConfig
 
 if TYPE_CHECKING:
     from trtllm_compile.quantization.calibration import Calibration
@@ -103,9 +103,11 @@ def random_calibration(model: nn.Module, formats: list[str], kv_cache: bool) -> 
 
     generator = torch.Generator().manual_seed(0)
     windows = torch.randint(1, model.config.vocab_size, (CALIB_WINDOWS, CALIB_WINDOW), generator=generator)
-    samples = CALIB_SAMPLES if "int4_awq" in formats else 0  # only AWQ's scale search reads token samples
+    configs = [QuantConfig.from_name(fmt) for fmt in formats if fmt != "none"]
+    samples = CALIB_SAMPLES if any(c.needs_samples for c in configs) else 0  # AWQ's scale search reads them
+    grams = any(c.needs_grams for c in configs)  # GPTQ's H: K^2 floats per linear input, on the GPU
     logger.info("calibrating on %d windows of %d random tokens, %d AWQ samples", *windows.shape, samples)
-    return calibrate(model, windows=windows, samples=samples, kv_cache=kv_cache, progress=False)
+    return calibrate(model, windows=windows, samples=samples, grams=grams, kv_cache=kv_cache, progress=False)
 
 
 def format_config(fmt: str, kv_cache: str | None, calibration: Calibration | None) -> CompileConfig:
@@ -113,8 +115,6 @@ def format_config(fmt: str, kv_cache: str | None, calibration: Calibration | Non
     `kv_cache` (None: none) with `calibration`."""
     if fmt == "none" and kv_cache is None:
         return CompileConfig()
-    from trtllm_compile.quantization import QuantConfig
-
     weights = None if fmt == "none" else fmt
     return CompileConfig(quantization=QuantConfig.from_name(weights, kv_cache=kv_cache).with_calibration(calibration))
 

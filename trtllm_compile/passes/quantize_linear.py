@@ -26,9 +26,9 @@ import torch.fx
 from trtllm_compile.capture import STEP_MODEL_ATTRIBUTE
 from trtllm_compile.fx_utils import aten, constant_of, insert_constant, is_op, last_dim_slice, val
 from trtllm_compile.passes.registry import Stage, register_pass
-from trtllm_compile.quantization.apply import input_scale_for, prepare_weight
+from trtllm_compile.quantization.apply import input_scale_for, quantize_group_weight
 from trtllm_compile.quantization.calibration import Calibration
-from trtllm_compile.quantization.formats import quantize_weight
+from trtllm_compile.quantization.formats import QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
@@ -210,12 +210,8 @@ def _scaled_input(
     return scaled
 
 
-def _replace(
-    gm, linear: torch.fx.Node, x: torch.fx.Node, weight: torch.Tensor, config, amax: float, parts, fused: bool
-) -> None:
+def _replace(gm, linear: torch.fx.Node, x: torch.fx.Node, quantized: QuantizedWeight, config, parts) -> None:
     bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
-    splits = row_splits(linear) if fused else None
-    quantized = quantize_weight(config, weight, amax, row_splits=splits, dtype=val(linear).dtype)
     name = linear.args[1].target
     tensors = [
         insert_constant(gm, quantized.weight, f"{name}_q"),
@@ -282,7 +278,9 @@ def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
         if scale is not None:
             amax = (stats.channel_amax / scale).max().item()
             weights = [w * scale for w in weights]
-        weights = [prepare_weight(qconfig, w, stats, scale) for w in weights]
         for (node, parts), weight in zip(group, weights, strict=True):
-            _replace(gm, node, inputs[x, key], weight, qconfig, amax, parts, fused[node])
+            splits = row_splits(node) if fused[node] else None
+            members = calibration.groups[key]
+            quantized = quantize_group_weight(qconfig, weight, members, stats, scale, amax, splits, val(node).dtype)
+            _replace(gm, node, inputs[x, key], quantized, qconfig, parts)
     return sum(len(group) for group in readers.values())

@@ -1,4 +1,4 @@
-"""Calibration-based quantization: FP8 and INT8 SmoothQuant W8A8, INT4 AWQ / RTN weight-only, FP8 KV cache.
+"""Calibration-based quantization: FP8 and INT8 SmoothQuant W8A8, INT4 AWQ / GPTQ / RTN weight-only, FP8 KV cache.
 
     calibration = calibrate(model, tokenizer, texts)                     # observers on every linear input, K, V
     model = quantize(model, "int4_awq", calibration=calibration)        # nn.Linear -> QuantLinear (trtllm ops)

@@ -4,7 +4,7 @@ Design: quantization happens on the model, before any capture. The returned mode
 quantized ops, so eager PyTorch, `torch.compile(backend="trtllm")`, `trtllm_compile.compile` and later targets all
 see the same quantized GEMMs, and the checkpoint of what was run is simply the module's state dict. The same
 numerics also exist as a graph pass (passes/quantize_linear.py) for graphs captured from an unquantized model
-with a calibration in the compile options; both paths share `input_scale_for` and `formats.quantize_weight`.
+with a calibration in the compile options; both paths share `input_scale_for` and `quantize_group_weight`.
 
 Smoothing (SmoothQuant) and AWQ scales s multiply a group's weights; the matching 1/s on the input is folded
 into the op producing it when that is exact, checked on a random probe: the preceding norm's weight (Q/K/V,
@@ -21,11 +21,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from trtllm_compile.quantization.awq import clip_weight, search_scale
 from trtllm_compile.quantization.calibration import Calibration, InputStats, calibrate
 from trtllm_compile.quantization.config import QuantConfig
-from trtllm_compile.quantization.formats import quantize_weight
+from trtllm_compile.quantization.formats import QuantizedWeight, quantize_weight, weight_grid
+from trtllm_compile.quantization.gptq import gptq_round
 from trtllm_compile.quantization.kv_cache import install_fp8_kv_cache, kv_scales
 from trtllm_compile.quantization.modules import QuantLinear
 from trtllm_compile.quantization.smoothquant import smoothing_scale
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 _FOLD_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
 _FOLD_TOL_HALF = 2e-2
 _CLIP_TOKENS = 256  # AWQ's clip search compares per-group partial sums: a few hundred tokens pin it down
+# Hugging Face's names of attention's K and V projections (GPT-2's fused c_attn, Falcon's query_key_value too)
+_KEY_VALUE_PROJECTIONS = ("k_proj", "v_proj", "key", "value", "qkv_proj", "c_attn", "query_key_value", "Wqkv")
 
 
 def input_scale_for(config: QuantConfig, weight: torch.Tensor, stats: InputStats) -> torch.Tensor | None:
@@ -48,15 +52,31 @@ def input_scale_for(config: QuantConfig, weight: torch.Tensor, stats: InputStats
     return None
 
 
-def prepare_weight(
-    config: QuantConfig, weight: torch.Tensor, stats: InputStats, scale: torch.Tensor | None
-) -> torch.Tensor:
-    """The float weight to round, once multiplied by the group's scale: AWQ also clips its group ranges."""
-    if config.format != "int4_awq" or not config.awq_clip:
-        return weight
-    tokens = stats.samples[:_CLIP_TOKENS]
-    tokens = tokens / scale if scale is not None else tokens
-    return clip_weight(weight, tokens, config.group_size, config.zero_point, config.awq_grid)
+def quantize_group_weight(
+    config: QuantConfig,
+    weight: torch.Tensor,
+    group: list[str],
+    stats: InputStats,
+    scale: torch.Tensor | None,
+    input_amax: float | None,
+    row_splits: list[int] | None = None,
+    dtype: torch.dtype | None = None,
+) -> QuantizedWeight:
+    """Quantize a weight of the group of linears `group` (one linear's, or a fused concatenation's), reading the
+    input of `stats`, already multiplied by the group's scale s (None: no scale): AWQ's clipping, then round to
+    nearest or, with rounding="gptq", by GPTQ on the Gram matrix of the input the weight sees, x / s."""
+    if config.format == "int4_awq" and config.awq_clip:
+        tokens = stats.samples[:_CLIP_TOKENS]
+        tokens = tokens / scale if scale is not None else tokens
+        weight = clip_weight(weight, tokens, config.group_size, config.zero_point, config.awq_grid)
+    if config.rounding != "gptq":
+        return quantize_weight(config, weight, input_amax, row_splits, dtype)
+    feeds_kv = any(name.rpartition(".")[2] in _KEY_VALUE_PROJECTIONS for name in group)
+    hessian = stats.hessian(config.gptq_sink_weight if feeds_kv else 1.0)
+    if scale is not None:
+        hessian = hessian / scale[:, None] / scale[None, :]
+    grid = weight_grid(config, weight, row_splits, dtype or weight.dtype)
+    return quantize_weight(config, gptq_round(weight, hessian, grid), input_amax, row_splits, dtype, grid)
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -211,24 +231,24 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def quantize_linears(model: nn.Module, config: QuantConfig, calibration: Calibration) -> int:
+def quantize_linears(model: nn.Module, config: QuantConfig, calibration: Calibration, progress: bool = False) -> int:
     """Smooth, then swap every calibrated linear `config` does not exclude for a QuantLinear; returns how many."""
     plans = smooth(model, config, calibration)
     modules = dict(model.named_modules())
-    count = 0
-    for key, plan in plans.items():
-        for name in calibration.groups[key]:
-            linear = modules[name]
-            if not config.quantizes(name) or not isinstance(linear, nn.Linear):
-                continue
-            weight = linear.weight if plan.multiplier is None else linear.weight * plan.scale.to(linear.weight.dtype)
-            weight = prepare_weight(config, weight, calibration.inputs[key], plan.scale)
-            quantized = quantize_weight(config, weight, plan.input_amax, dtype=linear.weight.dtype)
-            bias = linear.bias.detach().clone() if linear.bias is not None else None
-            swapped = QuantLinear(linear.in_features, linear.out_features, quantized, bias, plan.multiplier)
-            _swap(model, name, swapped)
-            count += 1
-    return count
+    todo = [
+        (key, name)
+        for key in plans
+        for name in calibration.groups[key]
+        if config.quantizes(name) and isinstance(modules[name], nn.Linear)
+    ]
+    for key, name in tqdm(todo, desc=f"quantizing to {config.format}", unit="linear", disable=not progress):
+        linear, plan = modules[name], plans[key]
+        weight = linear.weight if plan.multiplier is None else linear.weight * plan.scale.to(linear.weight.dtype)
+        group, stats, dtype = calibration.groups[key], calibration.inputs[key], linear.weight.dtype
+        quantized = quantize_group_weight(config, weight, group, stats, plan.scale, plan.input_amax, dtype=dtype)
+        bias = linear.bias.detach().clone() if linear.bias is not None else None
+        _swap(model, name, QuantLinear(linear.in_features, linear.out_features, quantized, bias, plan.multiplier))
+    return len(todo)
 
 
 def quantize(
@@ -241,12 +261,13 @@ def quantize(
     progress: bool = True,
     **options,
 ) -> nn.Module:
-    """Quantize `model` in place to `fmt` ("fp8", "int8_sq", "int4_awq", "int4_rtn", None with kv_cache="fp8")
+    """Quantize `model` in place to `fmt` ("fp8", "int8_sq", "int4_awq", "int4_gptq", "int4_rtn", None with
+    kv_cache="fp8")
     and return it; `options` are QuantConfig fields (e.g. kv_cache="fp8", alpha=0.8, exclude=()).
 
     Calibrates on `calib_texts` (cut into `calib_windows` windows of `calib_window` tokens by `tokenizer`)
     unless a `calibration` of this model (from `calibrate`) is given: one calibration serves every format when
-    it was made with samples (AWQ) and kv_cache=True.
+    it was made with samples (AWQ), grams (GPTQ) and kv_cache=True.
     """
     config = QuantConfig.from_name(fmt, **options)
     calibration = calibration or config.calibration
@@ -257,11 +278,12 @@ def quantize(
             calib_texts,
             window=config.calib_window,
             max_windows=config.calib_windows,
-            samples=config.calib_samples if config.format == "int4_awq" else 0,
+            samples=config.calib_samples if config.needs_samples else 0,
+            grams=config.needs_grams,
             kv_cache=config.kv_cache is not None,
             progress=progress,
         )
-    swapped = quantize_linears(model, config, calibration) if config.format is not None else 0
+    swapped = quantize_linears(model, config, calibration, progress) if config.format is not None else 0
     conv1d = [name for name, m in model.named_modules() if type(m).__name__ == "Conv1D"]
     if config.format is not None and conv1d:
         logger.warning(

@@ -2,7 +2,8 @@
 
 Observers sit on the input of every `nn.Linear` (a forward pre-hook) and on K/V (the FP8-KV attention wrapper,
 see kv_cache.py). Per linear input they keep the per-channel max |x| (per-tensor amax is its max), the
-per-channel mean |x| (AWQ's activation salience), and a random sample of token rows (AWQ's search set).
+per-channel mean |x| (AWQ's activation salience), a random sample of token rows (AWQ's search set) and, when
+asked, the Gram matrix x^T x summed over the tokens (GPTQ's H).
 
 They also record the model's structure as the data flows: linears that read the *same tensor object* share one
 input (Q/K/V, gate/up), so they form a group with one set of statistics and must share any smoothing scale; and a
@@ -34,6 +35,8 @@ class InputStats:
     abs_sum: torch.Tensor  # [K] sum of |x| per channel (float64)
     num_tokens: int = 0
     sample_chunks: list[torch.Tensor] = field(default_factory=list, repr=False)
+    gram: torch.Tensor | None = field(default=None, repr=False)  # [K, K] sum of x^T x, when calibrated with grams
+    first_rows: list[torch.Tensor] = field(default_factory=list, repr=False)  # each window's first token, likewise
 
     @property
     def amax(self) -> float:
@@ -52,7 +55,22 @@ class InputStats:
             self.sample_chunks = [torch.cat(self.sample_chunks) if self.sample_chunks else empty]
         return self.sample_chunks[0]
 
-    def observe(self, rows: torch.Tensor, sample_index: torch.Tensor | None) -> None:
+    def hessian(self, first_position_weight: float = 1.0) -> torch.Tensor:
+        """GPTQ's H [K, K]: the sum of x^T x over the calibration tokens, the first position's counted
+        `first_position_weight` times."""
+        if self.gram is None:
+            raise ValueError("GPTQ needs each linear input's Gram matrix: calibrate with grams=True")
+        if first_position_weight == 1 or not self.first_rows:
+            return self.gram
+        first = torch.cat(self.first_rows)
+        return self.gram + (first_position_weight - 1) * (first.T @ first)
+
+    def observe(self, rows: torch.Tensor, sample_index: torch.Tensor | None, first: torch.Tensor | None) -> None:
+        """Add the token rows [n, K] of one batch (`first`: those at its first position, for the Gram matrix)."""
+        if self.gram is not None:
+            self.gram.addmm_(rows.T, rows)
+        if first is not None:
+            self.first_rows.append(first.clone())
         magnitude = rows.abs()
         torch.maximum(self.channel_amax, magnitude.amax(0), out=self.channel_amax)
         self.abs_sum += magnitude.sum(0, dtype=torch.float64)
@@ -91,8 +109,9 @@ class Calibration:
 class _Observers:
     """The hooks of one calibration run; `batch_done()` drops the per-batch identity tables."""
 
-    def __init__(self, model: nn.Module, calibration: Calibration, rows_per_batch: int, seed: int):
+    def __init__(self, model: nn.Module, calibration: Calibration, rows_per_batch: int, seed: int, grams: bool):
         self.calibration = calibration
+        self.grams = grams
         self.rows_per_batch = rows_per_batch
         self.generator = torch.Generator().manual_seed(seed)
         self.names = {id(module): name for name, module in model.named_modules()}
@@ -123,10 +142,13 @@ class _Observers:
                     calibration.inputs[key] = InputStats(
                         torch.zeros(width, **zeros), torch.zeros(width, dtype=torch.float64, **zeros)
                     )
+                    if self.grams:
+                        calibration.inputs[key].gram = torch.zeros(width, width, **zeros)
                     calibration.groups[key] = []
                     if id(x) in self.norm_output:
                         calibration.norms[key] = self.norm_output[id(x)]
-                calibration.inputs[key].observe(rows, self._samples(rows.shape[0]))
+                first = x.detach()[:, 0].float() if self.grams and x.dim() == 3 else None  # [batch, seq, K] only
+                calibration.inputs[key].observe(rows, self._samples(rows.shape[0]), first)
             if name not in calibration.groups[key]:
                 calibration.groups[key].append(name)
 
@@ -176,6 +198,7 @@ def calibrate(
     max_windows: int | None = 32,
     samples: int = 1024,
     kv_cache: bool = True,
+    grams: bool = False,
     batch_size: int = 1,
     seed: int = 0,
     progress: bool = True,
@@ -184,7 +207,9 @@ def calibrate(
 
     Give `texts` and `tokenizer` (cut into `max_windows` windows of `window` tokens) or token `windows`
     [n, window] directly. `samples`: token rows kept per linear input for the AWQ search (0 to skip, which is
-    all FP8 and SmoothQuant need). `kv_cache`: also observe K and V (for an FP8 KV cache).
+    all FP8 and SmoothQuant need). `kv_cache`: also observe K and V (for an FP8 KV cache). `grams`: also sum each
+    linear input's Gram matrix x^T x (GPTQ's H): K^2 float32 per input on the model's device, about 0.4 GB for
+    SmolLM2-135M and 22 GB for a 7B Llama.
     """
     if windows is None:
         if texts is None or tokenizer is None:
@@ -193,7 +218,7 @@ def calibrate(
     device = next(model.parameters()).device
     batches = windows.split(batch_size)
     calibration = Calibration()
-    observers = _Observers(model, calibration, math.ceil(samples / len(batches)) if samples else 0, seed)
+    observers = _Observers(model, calibration, math.ceil(samples / len(batches)) if samples else 0, seed, grams)
     kv = observing_kv(model, observers.observe_kv) if kv_cache else contextlib.nullcontext()
     was_training = model.training
     model.eval()

@@ -2,7 +2,7 @@
 
     trtllm-compile quantize [MODEL] --format int4_awq --calib c4.utf8 --out smollm2-awq
     trtllm-compile eval [MODEL|DIR ...] --text wiki.utf8 [--window 512 --max-windows 16]
-    trtllm-compile eval --text wiki.utf8 --calib c4.utf8 --formats fp8,int8_sq,int4_awq,int4_rtn
+    trtllm-compile eval --text wiki.utf8 --calib c4.utf8 --formats fp8,int8_sq,int4_awq,int4_gptq,int4_rtn
 
 MODEL is a local Hugging Face folder (default: the embedded SmolLM2-135M-Instruct); DIR a folder written by
 `quantize` (or `save_quantized`). `eval` prints one perplexity per model, and per format with --formats (the
@@ -145,7 +145,8 @@ def run_eval(args: argparse.Namespace) -> int:
             tokenizer,
             read_text(args.calib),
             max_windows=args.calib_windows,
-            samples=max(c.calib_samples for c in configs) if "int4_awq" in formats else 0,
+            samples=max(c.calib_samples for c in configs) if any(c.needs_samples for c in configs) else 0,
+            grams=any(c.needs_grams for c in configs),
             kv_cache=args.kv_cache is not None,
         )
         for config in configs:

@@ -1,0 +1,59 @@
+"""GPTQ (Frantar et al., 2023): round a weight column by column, moving each column's rounding error onto the
+columns not rounded yet, so that the layer's outputs on the calibration inputs change least.
+
+With H = sum of x^T x over the calibration tokens of the layer's input, the output error of a weight change D is
+trace(D H D^T). Rounding column j by d_j and updating the columns after it by -d_j [H^-1]_{j,:} / [H^-1]_jj
+(the inverse restricted to the columns left) is the optimal compensation; the upper Cholesky factor of H^-1 holds
+those restricted inverses row by row. This follows the reference implementation: columns in order of decreasing
+H_jj ("act order"), blocks of 128 columns with the update of later blocks done once per block, and dampening
+of H's diagonal by 1% of its mean.
+
+The grid (scales, zero points) is fixed from the unrounded weight before any column is rounded ("static
+groups"), so act order needs no regrouping and the rounded weight encodes exactly on that grid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from trtllm_compile.quantization.formats import WeightGrid
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def gptq_round(
+    weight: Tensor, hessian: Tensor, grid: WeightGrid, block_size: int = 128, damping: float = 0.01
+) -> Tensor:
+    """`weight` [N, K] rounded onto `grid` by GPTQ for inputs whose Gram matrix is `hessian` [K, K]; float32,
+    every value a point of the grid."""
+    weight = weight.detach().float().clone()
+    hessian = hessian.detach().float().clone()
+    dead = hessian.diagonal() == 0  # inputs calibration never saw nonzero: their columns cannot matter
+    hessian[dead, dead] = 1.0
+    order = torch.argsort(hessian.diagonal(), descending=True)
+    weight, hessian = weight[:, order], hessian[order][:, order]
+    hessian.diagonal().add_(damping * hessian.diagonal().mean())
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    rounded = torch.empty_like(weight)
+    for start in range(0, weight.shape[1], block_size):
+        end = min(start + block_size, weight.shape[1])
+        block, block_inverse = weight[:, start:end], inverse[start:end, start:end]
+        errors = torch.empty_like(block)
+        for i in range(end - start):
+            column = block[:, i : i + 1]
+            rounded[:, start + i : start + i + 1] = grid.round(column, order[start + i : start + i + 1])
+            errors[:, i : i + 1] = (column - rounded[:, start + i : start + i + 1]) / block_inverse[i, i]
+            block[:, i + 1 :] -= errors[:, i : i + 1] * block_inverse[i : i + 1, i + 1 :]
+        weight[:, end:] -= errors @ inverse[start:end, end:]
+    return rounded[:, torch.argsort(order)]
+
+
+def output_error(weight: Tensor, rounded: Tensor, hessian: Tensor) -> float:
+    """trace(D H D^T) / N for D = rounded - weight: the summed squared output error over the calibration tokens,
+    per output row."""
+    delta = (rounded - weight.float()).double()
+    return ((delta @ hessian.double()) * delta).sum().item() / weight.shape[0]
