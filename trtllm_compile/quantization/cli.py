@@ -113,13 +113,15 @@ def format_table(rows: list[tuple[str, str, float]]) -> str:
 
 
 def _format_of(model) -> str:
-    """ "float32", or the format with its activation mode and KV cache: "fp8-static+kv_fp8", "int4_awq"."""
+    """ "float32", or the format with its activation mode, rounding and KV cache: "fp8-static+gptq+kv_fp8"."""
     config = getattr(model, "trtllm_quant_config", None)
     if config is None:
         return str(model.dtype).removeprefix("torch.")
     label = config.format or "float"
     if config.format in ("fp8", "int8_sq"):
         label += f"-{config.activations}"
+    if config.rounding == "gptq" and config.format != "int4_gptq":
+        label += "+gptq"
     return label + (f"+kv_{config.kv_cache}" if config.kv_cache else "")
 
 
