@@ -100,7 +100,7 @@ def test_bench_rejects_an_unknown_kv_cache_format_before_building_the_model(caps
 
 def test_bench_rejects_an_unknown_weight_format_before_building_the_model(capsys):
     assert main(["bench", "--config", "llama-2-7b", "--quantization", "none,nf4"]) == 2
-    assert "unknown quantization format(s) ['nf4']; choose from none, fp8, int8_sq, int4_awq, int4_rtn" in (
+    assert "unknown quantization format(s) ['nf4']; choose from none, fp8, int8_sq, int4_awq, int4_gptq, int4_rtn" in (
         capsys.readouterr().err
     )
 
