@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 _FOLD_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
 _FOLD_TOL_HALF = 2e-2
 _CLIP_TOKENS = 256  # AWQ's clip search compares per-group partial sums: a few hundred tokens pin it down
-# Hugging Face's names of attention's K and V projections (GPT-2's fused c_attn, Falcon's query_key_value too)
-_KEY_VALUE_PROJECTIONS = ("k_proj", "v_proj", "key", "value", "qkv_proj", "c_attn", "query_key_value", "Wqkv")
+# Hugging Face's names of attention's K and V projections, fused ones included (Phi-3, Falcon, MPT)
+_KEY_VALUE_PROJECTIONS = ("k_proj", "v_proj", "key", "value", "qkv_proj", "query_key_value", "Wqkv")
 
 
 def input_scale_for(config: QuantConfig, weight: torch.Tensor, stats: InputStats) -> torch.Tensor | None:
@@ -261,9 +261,8 @@ def quantize(
     progress: bool = True,
     **options,
 ) -> nn.Module:
-    """Quantize `model` in place to `fmt` ("fp8", "int8_sq", "int4_awq", "int4_gptq", "int4_rtn", None with
-    kv_cache="fp8")
-    and return it; `options` are QuantConfig fields (e.g. kv_cache="fp8", alpha=0.8, exclude=()).
+    """Quantize `model` in place to `fmt` ("fp8", "int8_sq", "int4_awq", "int4_gptq", "int4_rtn", or None with
+    kv_cache="fp8") and return it; `options` are QuantConfig fields (e.g. kv_cache="fp8", rounding="gptq").
 
     Calibrates on `calib_texts` (cut into `calib_windows` windows of `calib_window` tokens by `tokenizer`)
     unless a `calibration` of this model (from `calibrate`) is given: one calibration serves every format when
