@@ -18,7 +18,7 @@ import torch
 
 from trtllm_compile.models import load_model
 from trtllm_compile.quantization import Calibration, QuantConfig, calibrate, evaluate_perplexity, read_text
-from trtllm_compile.quantization.apply import quantize_group_weight
+from trtllm_compile.quantization.apply import quantize_group_weights
 from trtllm_compile.quantization.formats import quantize_weight
 
 
@@ -32,7 +32,7 @@ def round_weights_to_fp8(model: torch.nn.Module, config: QuantConfig, calibratio
             if config.rounding == "gptq":
                 key = calibration.group_key(name)
                 group, stats = calibration.groups[key], calibration.inputs[key]
-                quantized = quantize_group_weight(config, module.weight, group, stats, None, None)
+                quantized = quantize_group_weights(config, [module.weight], group, stats, None, None)[0]
             else:
                 quantized = quantize_weight(config, module.weight, None)
             scale = quantized.weight_scale[:, None] if quantized.weight_scale.dim() else quantized.weight_scale

@@ -26,7 +26,7 @@ import torch.fx
 from trtllm_compile.capture import STEP_MODEL_ATTRIBUTE
 from trtllm_compile.fx_utils import aten, constant_of, insert_constant, is_op, last_dim_slice, val
 from trtllm_compile.passes.registry import Stage, register_pass
-from trtllm_compile.quantization.apply import input_scale_for, quantize_group_weight
+from trtllm_compile.quantization.apply import input_scale_for, quantize_group_weights
 from trtllm_compile.quantization.calibration import Calibration
 from trtllm_compile.quantization.formats import QuantizedWeight
 
@@ -278,9 +278,9 @@ def quantize_linear(gm: torch.fx.GraphModule, config) -> int:
         if scale is not None:
             amax = (stats.channel_amax / scale).max().item()
             weights = [w * scale for w in weights]
-        for (node, parts), weight in zip(group, weights, strict=True):
-            splits = row_splits(node) if fused[node] else None
-            members = calibration.groups[key]
-            quantized = quantize_group_weight(qconfig, weight, members, stats, scale, amax, splits, val(node).dtype)
-            _replace(gm, node, inputs[x, key], quantized, qconfig, parts)
+        splits = [row_splits(node) if fused[node] else None for node, _ in group]
+        members, dtype = calibration.groups[key], val(group[0][0]).dtype
+        quantized = quantize_group_weights(qconfig, weights, members, stats, scale, amax, splits, dtype)
+        for (node, parts), weight in zip(group, quantized, strict=True):
+            _replace(gm, node, inputs[x, key], weight, qconfig, parts)
     return sum(len(group) for group in readers.values())

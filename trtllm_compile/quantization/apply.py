@@ -4,7 +4,7 @@ Design: quantization happens on the model, before any capture. The returned mode
 quantized ops, so eager PyTorch, `torch.compile(backend="trtllm")`, `trtllm_compile.compile` and later targets all
 see the same quantized GEMMs, and the checkpoint of what was run is simply the module's state dict. The same
 numerics also exist as a graph pass (passes/quantize_linear.py) for graphs captured from an unquantized model
-with a calibration in the compile options; both paths share `input_scale_for` and `quantize_group_weight`.
+with a calibration in the compile options; both paths share `input_scale_for` and `quantize_group_weights`.
 
 Smoothing (SmoothQuant) and AWQ scales s multiply a group's weights; the matching 1/s on the input is folded
 into the op producing it when that is exact, checked on a random probe: the preceding norm's weight (Q/K/V,
@@ -15,7 +15,9 @@ gate/up), a sibling linear's output rows (down_proj after up_proj, through act(g
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 from trtllm_compile.quantization.awq import clip_weight, search_scale
 from trtllm_compile.quantization.calibration import Calibration, InputStats, calibrate
 from trtllm_compile.quantization.config import QuantConfig
-from trtllm_compile.quantization.formats import QuantizedWeight, quantize_weight, weight_grid
+from trtllm_compile.quantization.formats import QuantizedWeight, WeightGrid, quantize_weight, weight_grid
 from trtllm_compile.quantization.gptq import gptq_round
 from trtllm_compile.quantization.kv_cache import install_fp8_kv_cache, kv_scales
 from trtllm_compile.quantization.modules import QuantLinear
@@ -52,31 +54,39 @@ def input_scale_for(config: QuantConfig, weight: torch.Tensor, stats: InputStats
     return None
 
 
-def quantize_group_weight(
+def quantize_group_weights(
     config: QuantConfig,
-    weight: torch.Tensor,
+    weights: list[torch.Tensor],
     group: list[str],
     stats: InputStats,
     scale: torch.Tensor | None,
     input_amax: float | None,
-    row_splits: list[int] | None = None,
+    row_splits: list[list[int] | None] | None = None,
     dtype: torch.dtype | None = None,
-) -> QuantizedWeight:
-    """Quantize a weight of the group of linears `group` (one linear's, or a fused concatenation's), reading the
-    input of `stats`, already multiplied by the group's scale s (None: no scale): AWQ's clipping, then round to
-    nearest or, with rounding="gptq", by GPTQ on the Gram matrix of the input the weight sees, x / s."""
+) -> list[QuantizedWeight]:
+    """Quantize the weights of the group of linears `group` (one per linear, or fused concatenations of them with
+    their `row_splits`), all reading the input of `stats` and already multiplied by the group's scale s (None: no
+    scale): AWQ's clipping, then round to nearest or, with rounding="gptq", by GPTQ on the Gram matrix of the input
+    the weights see, x / s. GPTQ's rows are independent given that matrix, so it rounds the group's weights as one
+    stack: one pass over the K columns where one per weight would repeat it (Q/K/V: 3 passes, gate/up: 2)."""
+    row_splits = row_splits or [None] * len(weights)
     if config.format == "int4_awq" and config.awq_clip:
         tokens = stats.samples[:_CLIP_TOKENS]
         tokens = tokens / scale if scale is not None else tokens
-        weight = clip_weight(weight, tokens, config.group_size, config.zero_point, config.awq_grid)
+        weights = [clip_weight(w, tokens, config.group_size, config.zero_point, config.awq_grid) for w in weights]
     if config.rounding != "gptq":
-        return quantize_weight(config, weight, input_amax, row_splits, dtype)
+        return [quantize_weight(config, w, input_amax, s, dtype) for w, s in zip(weights, row_splits, strict=True)]
     feeds_kv = any(name.rpartition(".")[2] in _KEY_VALUE_PROJECTIONS for name in group)
     hessian = stats.hessian(config.gptq_sink_weight if feeds_kv else 1.0)
     if scale is not None:
         hessian = hessian / scale[:, None] / scale[None, :]
-    grid = weight_grid(config, weight, row_splits, dtype or weight.dtype)
-    return quantize_weight(config, gptq_round(weight, hessian, grid), input_amax, row_splits, dtype, grid)
+    grids = [weight_grid(config, w, s, dtype or w.dtype) for w, s in zip(weights, row_splits, strict=True)]
+    stacked = gptq_round(torch.cat([w.detach().float() for w in weights]), hessian, WeightGrid.stack(grids))
+    parts = stacked.split([len(w) for w in weights])
+    return [
+        quantize_weight(config, part, input_amax, s, dtype, grid)
+        for part, s, grid in zip(parts, row_splits, grids, strict=True)
+    ]
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -231,24 +241,95 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def _decoder_layer(name: str) -> str:
+    """The module path up to its first list index ("model.layers.3"): GPTQ's unit of layer-by-layer rounding."""
+    parts = name.split(".")
+    index = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
+    return ".".join(parts[: index + 1])
+
+
+def _layer_grams(model: nn.Module, calibration: Calibration, plans: dict[str, GroupPlan], keys: list[str]) -> dict:
+    """The Gram matrices (and first positions) of the inputs `keys`, summed over the calibration windows run again
+    through `model` as it is now (quantized up to these inputs' layer); returned as those of the unsmoothed input,
+    as the calibration's would be: an input whose smoothing scale s was folded upstream arrives divided by s."""
+    run = calibrate(
+        model,
+        windows=calibration.windows,
+        samples=0,
+        kv_cache=False,
+        grams=set(keys),
+        batch_size=calibration.batch_size,
+        progress=False,
+    )
+    missing = [key for key in keys if key not in run.inputs or run.inputs[key].gram is None]
+    if missing:
+        raise RuntimeError(f"GPTQ's layer-by-layer pass did not see the inputs of {missing} again")
+    grams = {}
+    for key in keys:
+        stats, plan = run.inputs[key], plans[key]
+        if plan.scale is not None and plan.multiplier is None:
+            scale = plan.scale.to(stats.gram)
+            stats.gram.mul_(scale[:, None] * scale[None, :])
+            stats.first_rows = [rows * scale for rows in stats.first_rows]
+        grams[key] = stats
+    return grams
+
+
+def _quantize_group(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    config: QuantConfig,
+    calibration: Calibration,
+    key: str,
+    names: list[str],
+    plan: GroupPlan,
+    grams: InputStats | None,
+) -> None:
+    """Swap the linears `names` of the group `key` for QuantLinears (GPTQ on `grams`' Gram matrices if given)."""
+    linears = [modules[name] for name in names]
+    scale = plan.scale.to(linears[0].weight.dtype) if plan.multiplier is not None else None
+    weights = [m.weight if scale is None else m.weight * scale for m in linears]
+    group, stats = calibration.groups[key], calibration.inputs[key]
+    if grams is not None:
+        stats = dataclasses.replace(stats, gram=grams.gram, first_rows=grams.first_rows)
+    quantized = quantize_group_weights(
+        config, weights, group, stats, plan.scale, plan.input_amax, dtype=weights[0].dtype
+    )
+    for name, linear, q in zip(names, linears, quantized, strict=True):
+        bias = linear.bias.detach().clone() if linear.bias is not None else None
+        _swap(model, name, QuantLinear(linear.in_features, linear.out_features, q, bias, plan.multiplier))
+
+
 def quantize_linears(model: nn.Module, config: QuantConfig, calibration: Calibration, progress: bool = False) -> int:
-    """Smooth, then swap every calibrated linear `config` does not exclude for a QuantLinear; returns how many."""
+    """Smooth, then swap every calibrated linear `config` does not exclude for a QuantLinear; returns how many.
+
+    GPTQ rounds on the calibration's Gram matrices when it has them (`calibrate(grams=True)`: every input's, of the
+    float model). Without them it goes one decoder layer at a time, as the reference implementation does: it runs
+    the calibration windows again through the model quantized up to that layer, sums only that layer's matrices
+    (about 0.7 GB for a 7B Llama, against 20 GB for all) and rounds the layer's linears on them."""
     plans = smooth(model, config, calibration)
     modules = dict(model.named_modules())
-    todo = [
-        (key, name)
-        for key in plans
-        for name in calibration.groups[key]
-        if config.quantizes(name) and isinstance(modules[name], nn.Linear)
-    ]
-    for key, name in tqdm(todo, desc=f"quantizing to {config.format}", unit="linear", disable=not progress):
-        linear, plan = modules[name], plans[key]
-        weight = linear.weight if plan.multiplier is None else linear.weight * plan.scale.to(linear.weight.dtype)
-        group, stats, dtype = calibration.groups[key], calibration.inputs[key], linear.weight.dtype
-        quantized = quantize_group_weight(config, weight, group, stats, plan.scale, plan.input_amax, dtype=dtype)
-        bias = linear.bias.detach().clone() if linear.bias is not None else None
-        _swap(model, name, QuantLinear(linear.in_features, linear.out_features, quantized, bias, plan.multiplier))
-    return len(todo)
+    quantizable = {name for name, m in modules.items() if isinstance(m, nn.Linear) and config.quantizes(name)}
+    todo = {key: [name for name in calibration.groups[key] if name in quantizable] for key in plans}
+    todo = {key: names for key, names in todo.items() if names}
+    layers = defaultdict(list)  # in call order
+    for key in todo:
+        layers[_decoder_layer(key)].append(key)
+    by_layer = config.rounding == "gptq" and any(calibration.inputs[key].gram is None for key in todo)
+    if by_layer and calibration.windows is None:
+        raise ValueError("GPTQ needs the Gram matrices of the linear inputs: calibrate with grams=True, or pass a "
+                         "calibration from `calibrate` (it keeps its windows to sum them layer by layer)")  # fmt: skip
+    if by_layer:
+        logger.info("GPTQ: summing the Gram matrices layer by layer, %d passes over the calibration", len(layers))
+    count = sum(len(names) for names in todo.values())
+    with tqdm(total=count, desc=f"quantizing to {config.format}", unit="linear", disable=not progress) as bar:
+        for keys in layers.values():
+            grams = _layer_grams(model, calibration, plans, keys) if by_layer else {}
+            for key in keys:
+                _quantize_group(model, modules, config, calibration, key, todo[key], plans[key], grams.get(key))
+                bar.update(len(todo[key]))
+            del grams  # before the next layer's are summed
+    return count
 
 
 def quantize(
@@ -266,7 +347,8 @@ def quantize(
 
     Calibrates on `calib_texts` (cut into `calib_windows` windows of `calib_window` tokens by `tokenizer`)
     unless a `calibration` of this model (from `calibrate`) is given: one calibration serves every format when
-    it was made with samples (AWQ), grams (GPTQ) and kv_cache=True.
+    it was made with samples (AWQ) and kv_cache=True. GPTQ rounds on its Gram matrices if it was made with
+    grams=True (one pass, all of them in memory), else one decoder layer at a time (see `quantize_linears`).
     """
     config = QuantConfig.from_name(fmt, **options)
     calibration = calibration or config.calibration
@@ -278,7 +360,6 @@ def quantize(
             window=config.calib_window,
             max_windows=config.calib_windows,
             samples=config.calib_samples if config.needs_samples else 0,
-            grams=config.needs_grams,
             kv_cache=config.kv_cache is not None,
             progress=progress,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -87,6 +88,8 @@ class Calibration:
     inputs: group key -> statistics of the shared input.
     norms: group key -> name of the norm module whose output is the group's input (foldable smoothing).
     kv_amax: attention module name -> (max |K|, max |V|) over the calibration tokens, after RoPE.
+    windows, batch_size: the token windows [n, window] that were run (on the CPU), and how many at a time: GPTQ
+        runs them again, one decoder layer at a time, when the inputs have no Gram matrices (see apply.py).
     """
 
     groups: dict[str, list[str]] = field(default_factory=dict)
@@ -94,6 +97,8 @@ class Calibration:
     norms: dict[str, str] = field(default_factory=dict)
     kv_amax: dict[str, tuple[float, float]] = field(default_factory=dict)
     num_tokens: int = 0
+    windows: torch.Tensor | None = field(default=None, repr=False)
+    batch_size: int = 1
 
     def group_key(self, linear_name: str) -> str | None:
         for key, members in self.groups.items():
@@ -109,7 +114,9 @@ class Calibration:
 class _Observers:
     """The hooks of one calibration run; `batch_done()` drops the per-batch identity tables."""
 
-    def __init__(self, model: nn.Module, calibration: Calibration, rows_per_batch: int, seed: int, grams: bool):
+    def __init__(
+        self, model: nn.Module, calibration: Calibration, rows_per_batch: int, seed: int, grams: bool | Collection[str]
+    ):
         self.calibration = calibration
         self.grams = grams
         self.rows_per_batch = rows_per_batch
@@ -142,17 +149,21 @@ class _Observers:
                     calibration.inputs[key] = InputStats(
                         torch.zeros(width, **zeros), torch.zeros(width, dtype=torch.float64, **zeros)
                     )
-                    if self.grams:
+                    if self._wants_gram(key):
                         calibration.inputs[key].gram = torch.zeros(width, width, **zeros)
                     calibration.groups[key] = []
                     if id(x) in self.norm_output:
                         calibration.norms[key] = self.norm_output[id(x)]
-                first = x.detach()[:, 0].float() if self.grams and x.dim() == 3 else None  # [batch, seq, K] only
-                calibration.inputs[key].observe(rows, self._samples(rows.shape[0]), first)
+                stats = calibration.inputs[key]
+                first = x.detach()[:, 0].float() if stats.gram is not None and x.dim() == 3 else None  # [b, seq, K]
+                stats.observe(rows, self._samples(rows.shape[0]), first)
             if name not in calibration.groups[key]:
                 calibration.groups[key].append(name)
 
         return hook
+
+    def _wants_gram(self, key: str) -> bool:
+        return self.grams if isinstance(self.grams, bool) else key in self.grams
 
     def _norm_hook(self, name: str):
         def hook(module, args, output):
@@ -198,7 +209,7 @@ def calibrate(
     max_windows: int | None = 32,
     samples: int = 1024,
     kv_cache: bool = True,
-    grams: bool = False,
+    grams: bool | Collection[str] = False,
     batch_size: int = 1,
     seed: int = 0,
     progress: bool = True,
@@ -209,7 +220,8 @@ def calibrate(
     [n, window] directly. `samples`: token rows kept per linear input for the AWQ search (0 to skip, which is
     all FP8 and SmoothQuant need). `kv_cache`: also observe K and V (for an FP8 KV cache). `grams`: also sum each
     linear input's Gram matrix x^T x (GPTQ's H): K^2 float32 per input on the model's device, about 0.4 GB for
-    SmolLM2-135M and 22 GB for a 7B Llama.
+    SmolLM2-135M and 22 GB for a 7B Llama; or only those of the inputs whose group key (first linear reading them)
+    is in the collection given. `quantize` needs none of them: without, GPTQ sums them one layer at a time.
     """
     if windows is None:
         if texts is None or tokenizer is None:
@@ -231,6 +243,7 @@ def calibrate(
         observers.remove()
         model.train(was_training)
     calibration.num_tokens = windows.numel()
+    calibration.windows, calibration.batch_size = windows.cpu(), batch_size
     logger.info(
         "calibrated on %d tokens: %d linear inputs (%d linears), %d attention layers",
         calibration.num_tokens,

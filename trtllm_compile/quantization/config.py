@@ -119,7 +119,8 @@ class QuantConfig:
 
     @property
     def needs_grams(self) -> bool:
-        """Whether calibration must sum each linear input's Gram matrix (GPTQ's H)."""
+        """Whether calibration must sum each linear input's Gram matrix (GPTQ's H) for the graph pass;
+        `quantize` sums them itself, one layer at a time, when its calibration has none."""
         return self.format is not None and self.rounding == "gptq"
 
     def quantizes(self, linear_name: str) -> bool:

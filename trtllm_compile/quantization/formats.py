@@ -121,6 +121,15 @@ class WeightGrid:
             values.float(), self.scales[:, group], self.zeros[:, group] if self.zeros is not None else None
         )
 
+    @staticmethod
+    def stack(grids: list[WeightGrid]) -> WeightGrid:
+        """The grid of the weights of `grids` concatenated along their rows (one kind and group size)."""
+        first = grids[0]
+        if any(g.kind != first.kind or g.group_size != first.group_size for g in grids):
+            raise ValueError("only grids of one kind and group size stack")
+        zeros = None if first.zeros is None else torch.cat([g.zeros for g in grids])
+        return WeightGrid(first.kind, torch.cat([g.scales for g in grids]), zeros, first.group_size)
+
     def int4_codes(self, weight: Tensor) -> Tensor:
         """[N, K] codes in [0, 15] of the whole weight (INT4 grids)."""
         groups = _groups(weight, self.group_size)
