@@ -19,6 +19,7 @@ import logging
 import torch
 from torch import Tensor
 
+from trtllm_compile.kernels import TRITON_AVAILABLE
 from trtllm_compile.quantization.formats import WeightGrid
 
 logger = logging.getLogger(__name__)
@@ -42,14 +43,33 @@ def gptq_round(
     for start in range(0, weight.shape[1], block_size):
         end = min(start + block_size, weight.shape[1])
         block, block_inverse = weight[:, start:end], inverse[start:end, start:end]
-        errors = torch.empty_like(block)
-        for i in range(end - start):
-            column = block[:, i : i + 1]
-            rounded[:, start + i : start + i + 1] = grid.round(column, order[start + i : start + i + 1])
-            errors[:, i : i + 1] = (column - rounded[:, start + i : start + i + 1]) / block_inverse[i, i]
-            block[:, i + 1 :] -= errors[:, i : i + 1] * block_inverse[i : i + 1, i + 1 :]
+        rounded[:, start:end], errors = _round_block(block, block_inverse, grid, order[start:end])
         weight[:, end:] -= errors @ inverse[start:end, end:]
     return rounded[:, torch.argsort(order)]
+
+
+def round_block(block: Tensor, block_inverse: Tensor, grid: WeightGrid, columns: Tensor) -> tuple[Tensor, Tensor]:
+    """Round `block` [N, B] (the weight's columns `columns`, in the order rounded) column by column onto `grid`,
+    each column's error moved onto the block's later columns through `block_inverse` [B, B] (the block's rows of
+    the upper Cholesky factor of H^-1); returns the rounded block and the scaled errors [N, B] that the caller
+    moves onto the columns after the block. Updates `block` in place."""
+    rounded, errors = torch.empty_like(block), torch.empty_like(block)
+    for i in range(block.shape[1]):
+        column = block[:, i : i + 1]
+        rounded[:, i : i + 1] = grid.round(column, columns[i : i + 1])
+        errors[:, i : i + 1] = (column - rounded[:, i : i + 1]) / block_inverse[i, i]
+        block[:, i + 1 :] -= errors[:, i : i + 1] * block_inverse[i : i + 1, i + 1 :]
+    return rounded, errors
+
+
+def _round_block(block: Tensor, block_inverse: Tensor, grid: WeightGrid, columns: Tensor) -> tuple[Tensor, Tensor]:
+    """`round_block` by the Triton kernel on a GPU (one launch instead of a dozen per column), else in PyTorch."""
+    if block.is_cuda and TRITON_AVAILABLE:
+        from trtllm_compile.kernels import gptq as gptq_kernels
+
+        if gptq_kernels.supports(block):
+            return gptq_kernels.round_block(block, block_inverse, grid, columns)
+    return round_block(block, block_inverse, grid, columns)
 
 
 def output_error(weight: Tensor, rounded: Tensor, hessian: Tensor) -> float:

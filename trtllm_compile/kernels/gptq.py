@@ -1,0 +1,130 @@
+"""GPTQ's inner loop on the GPU: one block of up to 128 weight columns rounded column by column, each column's
+rounding error moved onto the block's later columns (quantization/gptq.py holds the algorithm and the PyTorch
+loop this replaces).
+
+In PyTorch each column is a dozen small launches, about 230 us on an H200, and a 7B Llama has 0.75 M columns
+(run 96: 173 s). Here one program keeps a tile of rows times the whole block in registers and walks the columns
+itself; the later blocks' update (a GEMM) stays with the caller. Rows are independent, so the grid is over rows.
+The grid values are computed as `formats.WeightGrid.round` computes them: E4M3 through the same saturating
+cast, INT8 and INT4 by correctly rounded division and round-half-to-even.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from trtllm_compile.kernels import is_interpreted
+from trtllm_compile.kernels.quantize import to_e4m3
+
+if TYPE_CHECKING:
+    from trtllm_compile.quantization.formats import WeightGrid
+
+ROWS = 16
+_KINDS = {"fp8": 0, "int8": 1, "int4": 2}
+
+
+@triton.jit
+def _round_half_even(x):
+    # fp32 addition rounds to nearest even: adding and taking away 1.5 * 2**23 leaves x rounded so (|x| < 2**22)
+    return (x + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _gptq_block_kernel(
+    w_ptr,
+    inv_ptr,
+    rounded_ptr,
+    errors_ptr,
+    scales_ptr,
+    zeros_ptr,
+    group_ptr,
+    N,
+    B,
+    stride_w,
+    stride_out,
+    stride_scales,
+    KIND: tl.constexpr,
+    HAS_ZEROS: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    in_rows = rows < N
+    tile = in_rows[:, None] & (cols < B)[None, :]
+    w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + cols[None, :], mask=tile, other=0.0)
+    rounded = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+    errors = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+    scale_rows = scales_ptr + rows.to(tl.int64) * stride_scales
+    for i in range(B):
+        at_i = cols[None, :] == i
+        column = tl.sum(tl.where(at_i, w, 0.0), axis=1)
+        if KIND == 2:
+            group = tl.load(group_ptr + i)
+        else:
+            group = 0
+        scale = tl.load(scale_rows + group, mask=in_rows, other=1.0)
+        if KIND == 0:
+            value = to_e4m3(column, tl.math.div_rn(1.0, scale)).to(tl.float32) * scale
+        elif KIND == 1:
+            value = tl.minimum(tl.maximum(_round_half_even(tl.math.div_rn(column, scale)), -127.0), 127.0) * scale
+        else:
+            codes = _round_half_even(tl.math.div_rn(column, scale))
+            if HAS_ZEROS:
+                zero = tl.load(zeros_ptr + rows.to(tl.int64) * stride_scales + group, mask=in_rows)
+                value = (tl.minimum(tl.maximum(codes + zero, 0.0), 15.0) - zero) * scale
+            else:
+                value = tl.minimum(tl.maximum(codes, -8.0), 7.0) * scale
+        error = (column - value) / tl.load(inv_ptr + i * BLOCK + i)
+        later = tl.load(inv_ptr + i * BLOCK + cols, mask=cols > i, other=0.0)
+        w -= error[:, None] * later[None, :]
+        rounded = tl.where(at_i, value[:, None], rounded)
+        errors = tl.where(at_i, error[:, None], errors)
+    out = rows[:, None].to(tl.int64) * stride_out + cols[None, :]
+    tl.store(rounded_ptr + out, rounded, mask=tile)
+    tl.store(errors_ptr + out, errors, mask=tile)
+
+
+INTERPRETED: bool = is_interpreted(_gptq_block_kernel)
+
+
+def supports(block: Tensor) -> bool:
+    """A float32 block of at most 128 columns, on a GPU (or the interpreter)."""
+    return block.dtype == torch.float32 and block.shape[1] <= 128 and (INTERPRETED or block.device.type == "cuda")
+
+
+def round_block(block: Tensor, block_inverse: Tensor, grid: WeightGrid, columns: Tensor) -> tuple[Tensor, Tensor]:
+    """`gptq.round_block` in one launch: `block` [N, B] float32 (the weight's columns `columns`, in the order
+    rounded), `block_inverse` [B, B] (its rows of the upper Cholesky factor of H^-1) -> (rounded [N, B], the
+    scaled errors [N, B] the caller moves onto later blocks)."""
+    rows, width = block.shape
+    inverse = torch.zeros(128, 128, dtype=torch.float32, device=block.device)
+    inverse[:width, :width] = block_inverse
+    rounded, errors = torch.empty_like(block), torch.empty_like(block)
+    scales = grid.scales.float().contiguous()
+    groups = (columns // grid.group_size if grid.kind == "int4" else torch.zeros_like(columns)).to(torch.int32)
+    zeros = grid.zeros.float().contiguous() if grid.zeros is not None else scales  # unread without zero points
+    _gptq_block_kernel[(triton.cdiv(rows, ROWS),)](
+        block,
+        inverse,
+        rounded,
+        errors,
+        scales,
+        zeros,
+        groups.contiguous(),
+        rows,
+        width,
+        block.stride(0),
+        rounded.stride(0),
+        scales.stride(0) if grid.kind == "int4" else 1,
+        KIND=_KINDS[grid.kind],
+        HAS_ZEROS=grid.zeros is not None,
+        ROWS=ROWS,
+        BLOCK=128,
+    )
+    return rounded, errors
