@@ -8,6 +8,9 @@ those restricted inverses row by row. This follows the reference implementation:
 H_jj ("act order"), blocks of 128 columns with the update of later blocks done once per block, and dampening
 of H's diagonal by 1% of its mean.
 
+On a GPU the column loop of each block runs as one Triton kernel (kernels/gptq.py); `round_block` is the PyTorch
+loop, what runs on the CPU.
+
 The grid (scales, zero points) is fixed from the unrounded weight before any column is rounded ("static
 groups"), so act order needs no regrouping and the rounded weight encodes exactly on that grid.
 """
