@@ -110,7 +110,7 @@ def test_without_gram_matrices_gptq_goes_layer_by_layer(fmt, options, monkeypatc
     """quantize() on a calibration without Gram matrices sums them one decoder layer at a time, on the model
     quantized up to that layer: the first layer sees what a one-pass calibration saw (same rounding, up to float
     order: SmoothQuant's inputs there arrive divided by s and are scaled back), later layers see the earlier ones'
-    rounding, and no pass holds more than one layer's matrices."""
+    rounding, and no pass holds more than one layer's matrices or runs past that layer."""
     import trtllm_compile.quantization.apply as apply
 
     model = TINY_MODELS["llama"].build()
@@ -122,18 +122,21 @@ def test_without_gram_matrices_gptq_goes_layer_by_layer(fmt, options, monkeypatc
         group_size=32,
         **options,
     )
-    gram_sets = []
+    gram_sets, observed = [], []
     layer_pass = apply.calibrate
 
     def spy(*args, grams=False, **kwargs):
         gram_sets.append(grams)
-        return layer_pass(*args, grams=grams, **kwargs)
+        run = layer_pass(*args, grams=grams, **kwargs)
+        observed.append(sorted(run.inputs))
+        return run
 
     monkeypatch.setattr(apply, "calibrate", spy)
     calibration = calibrate(model, windows=windows, samples=0, progress=False)
     by_layer = quantize(copy.deepcopy(model), fmt, calibration=calibration, group_size=32, **options)
     layers = len(model.model.layers)
     assert [sorted({key.split(".")[2] for key in keys}) for keys in gram_sets] == [[str(i)] for i in range(layers)]
+    assert observed == [sorted(keys) for keys in gram_sets]  # each pass stops after its layer: no LM head, no later
     expected, actual = _quantized_linears(one_pass), _quantized_linears(by_layer)
     assert expected.keys() == actual.keys() and len(actual) == 7 * layers
     first = [name for name in actual if name.startswith("model.layers.0.")]

@@ -198,6 +198,14 @@ class _Observers:
             handle.remove()
 
 
+class _ForwardStopped(Exception):
+    """Raised by the `stop_after` module's hook: the rest of the forward has nothing to observe."""
+
+
+def _stop_forward(module: nn.Module, args, output) -> None:
+    raise _ForwardStopped
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
@@ -212,6 +220,7 @@ def calibrate(
     grams: bool | Collection[str] = False,
     batch_size: int = 1,
     seed: int = 0,
+    stop_after: str | None = None,
     progress: bool = True,
 ) -> Calibration:
     """Run calibration text through `model` and return what its linear inputs and K/V looked like.
@@ -222,6 +231,7 @@ def calibrate(
     linear input's Gram matrix x^T x (GPTQ's H): K^2 float32 per input on the model's device, about 0.4 GB for
     SmolLM2-135M and 22 GB for a 7B Llama; or only those of the inputs whose group key (first linear reading them)
     is in the collection given. `quantize` needs none of them: without, GPTQ sums them one layer at a time.
+    `stop_after`: a module name; each forward ends there (what comes after it is not observed).
     """
     if windows is None:
         if texts is None or tokenizer is None:
@@ -232,12 +242,15 @@ def calibrate(
     calibration = Calibration()
     observers = _Observers(model, calibration, math.ceil(samples / len(batches)) if samples else 0, seed, grams)
     kv = observing_kv(model, observers.observe_kv) if kv_cache else contextlib.nullcontext()
+    if stop_after is not None:
+        observers.handles.append(model.get_submodule(stop_after).register_forward_hook(_stop_forward))
     was_training = model.training
     model.eval()
     try:
         with kv:
             for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
-                model(input_ids=batch.to(device), use_cache=False)
+                with contextlib.suppress(_ForwardStopped):
+                    model(input_ids=batch.to(device), use_cache=False)
                 observers.batch_done()
     finally:
         observers.remove()
