@@ -94,8 +94,10 @@ INTERPRETED: bool = is_interpreted(_gptq_block_kernel)
 
 
 def supports(block: Tensor) -> bool:
-    """A float32 block of at most 128 columns, on a GPU (or the interpreter)."""
-    return block.dtype == torch.float32 and block.shape[1] <= 128 and (INTERPRETED or block.device.type == "cuda")
+    """A float32 block of at most 128 columns of unit stride, on a GPU (or the interpreter)."""
+    if block.dtype != torch.float32 or block.shape[1] > 128 or block.stride(1) != 1:
+        return False
+    return INTERPRETED or block.device.type == "cuda"
 
 
 def round_block(block: Tensor, block_inverse: Tensor, grid: WeightGrid, columns: Tensor) -> tuple[Tensor, Tensor]:
