@@ -42,7 +42,7 @@ def _block_inputs(kind: str, rows: int, width: int, device: str):
 
 def _check_block(gptq_kernels, kind: str, rows: int, width: int, device: str) -> None:
     block, block_inverse, grid, columns = _block_inputs(kind, rows, width, device)
-    assert gptq_kernels.supports(block)
+    assert gptq_kernels.supports(block, block_inverse, columns)
     rounded, errors = gptq_kernels.round_block(block.clone(), block_inverse, grid, columns)
     expected, expected_errors = round_block(block.clone(), block_inverse, grid, columns)
     assert torch.equal(grid.round(rounded, columns), rounded)  # every value a grid point
@@ -71,9 +71,15 @@ def test_gptq_round_with_the_kernel_is_as_good_as_with_the_loop(kind, monkeypatc
     """A whole weight, both ways on the GPU. One value rounded the other way changes every later update of its row,
     so the two roundings part (against the CPU's, 5% of INT8 values and 45% of INT4 ones differed in run 97); what
     must agree is how well they do: the output error on the calibration inputs, and every value a grid point."""
+    from trtllm_compile.kernels import gptq as gptq_kernels
+
     weight, hessian = _problem(512, 1000, "cuda")
     grid = weight_grid(CONFIGS[kind], weight)
+    launches = []
+    kernel = gptq_kernels.round_block
+    monkeypatch.setattr(gptq_kernels, "round_block", lambda *args: launches.append(1) or kernel(*args))
     with_kernel = gptq_round(weight, hessian, grid)
+    assert len(launches) == 8  # every 128-column block of the 1000 went to the kernel
     monkeypatch.setattr(gptq, "_round_block", round_block)
     with_loop = gptq_round(weight, hessian, grid)
     assert torch.equal(grid.round(with_kernel), with_kernel)

@@ -42,10 +42,13 @@ def _gptq_block_kernel(
     errors_ptr,
     scales_ptr,
     zeros_ptr,
-    group_ptr,
+    columns_ptr,
     N,
     B,
+    group_size,
     stride_w,
+    stride_inv_row,
+    stride_inv_col,
     stride_out,
     stride_scales,
     KIND: tl.constexpr,
@@ -65,7 +68,7 @@ def _gptq_block_kernel(
         at_i = cols[None, :] == i
         column = tl.sum(tl.where(at_i, w, 0.0), axis=1)
         if KIND == 2:
-            group = tl.load(group_ptr + i)
+            group = tl.load(columns_ptr + i) // group_size
         else:
             group = 0
         scale = tl.load(scale_rows + group, mask=in_rows, other=1.0)
@@ -80,8 +83,9 @@ def _gptq_block_kernel(
                 value = (tl.minimum(tl.maximum(codes + zero, 0.0), 15.0) - zero) * scale
             else:
                 value = tl.minimum(tl.maximum(codes, -8.0), 7.0) * scale
-        error = (column - value) / tl.load(inv_ptr + i * BLOCK + i)
-        later = tl.load(inv_ptr + i * BLOCK + cols, mask=cols > i, other=0.0)
+        inverse_row = inv_ptr + i * stride_inv_row
+        error = (column - value) / tl.load(inverse_row + i * stride_inv_col)
+        later = tl.load(inverse_row + cols * stride_inv_col, mask=(cols > i) & (cols < B), other=0.0)
         w -= error[:, None] * later[None, :]
         rounded = tl.where(at_i, value[:, None], rounded)
         errors = tl.where(at_i, error[:, None], errors)
@@ -93,9 +97,12 @@ def _gptq_block_kernel(
 INTERPRETED: bool = is_interpreted(_gptq_block_kernel)
 
 
-def supports(block: Tensor) -> bool:
-    """A float32 block of at most 128 columns of unit stride, on a GPU (or the interpreter)."""
-    if block.dtype != torch.float32 or block.shape[1] > 128 or block.stride(1) != 1:
+def supports(block: Tensor, block_inverse: Tensor, columns: Tensor) -> bool:
+    """A float32 block of at most 128 columns of unit stride, a float32 inverse (any strides) and contiguous column
+    indices, on a GPU (or the interpreter)."""
+    if block.dtype != torch.float32 or block_inverse.dtype != torch.float32 or block.shape[1] > 128:
+        return False
+    if block.stride(1) != 1 or not columns.is_contiguous():
         return False
     return INTERPRETED or block.device.type == "cuda"
 
@@ -105,23 +112,23 @@ def round_block(block: Tensor, block_inverse: Tensor, grid: WeightGrid, columns:
     rounded), `block_inverse` [B, B] (its rows of the upper Cholesky factor of H^-1) -> (rounded [N, B], the
     scaled errors [N, B] the caller moves onto later blocks)."""
     rows, width = block.shape
-    inverse = torch.zeros(128, 128, dtype=torch.float32, device=block.device)
-    inverse[:width, :width] = block_inverse
     rounded, errors = torch.empty_like(block), torch.empty_like(block)
     scales = grid.scales.float().contiguous()
-    groups = (columns // grid.group_size if grid.kind == "int4" else torch.zeros_like(columns)).to(torch.int32)
     zeros = grid.zeros.float().contiguous() if grid.zeros is not None else scales  # unread without zero points
     _gptq_block_kernel[(triton.cdiv(rows, ROWS),)](
         block,
-        inverse,
+        block_inverse,
         rounded,
         errors,
         scales,
         zeros,
-        groups.contiguous(),
+        columns,  # read only for INT4: a column's group
         rows,
         width,
+        max(grid.group_size, 1),
         block.stride(0),
+        block_inverse.stride(0),
+        block_inverse.stride(1),  # a Cholesky factor comes column-major
         rounded.stride(0),
         scales.stride(0) if grid.kind == "int4" else 1,
         KIND=_KINDS[grid.kind],

@@ -249,13 +249,12 @@ def _decoder_layer(name: str) -> str:
 
 
 def _layer_grams(
-    model: nn.Module, calibration: Calibration, plans: dict[str, GroupPlan], layer: str, keys: list[str]
+    model: nn.Module, calibration: Calibration, plans: dict[str, GroupPlan], keys: list[str], stop_after: str | None
 ) -> dict:
-    """The Gram matrices (and first positions) of the inputs `keys` of `layer`, summed over the calibration windows
-    run again through `model` as it is now (quantized up to `layer`) and up to `layer` only; returned as those of
-    the unsmoothed input, as the calibration's would be: an input whose smoothing scale s was folded upstream
-    arrives divided by s."""
-    modules = dict(model.named_modules())
+    """The Gram matrices (and first positions) of the inputs `keys`, summed over the calibration windows run again
+    through `model` as it is now (quantized up to these inputs' layer), each forward ending after `stop_after`;
+    returned as those of the unsmoothed input, as the calibration's would be: an input whose smoothing scale s was
+    folded upstream arrives divided by s."""
     run = calibrate(
         model,
         windows=calibration.windows,
@@ -263,7 +262,7 @@ def _layer_grams(
         kv_cache=False,
         grams=set(keys),
         batch_size=calibration.batch_size,
-        stop_after=layer if layer in modules and layer not in keys else None,  # a layer, not a lone linear
+        stop_after=stop_after,
         progress=False,
     )
     missing = [key for key in keys if key not in run.inputs or run.inputs[key].gram is None]
@@ -329,7 +328,8 @@ def quantize_linears(model: nn.Module, config: QuantConfig, calibration: Calibra
     count = sum(len(names) for names in todo.values())
     with tqdm(total=count, desc=f"quantizing to {config.format}", unit="linear", disable=not progress) as bar:
         for layer, keys in layers.items():
-            grams = _layer_grams(model, calibration, plans, layer, keys) if by_layer else {}
+            stop_after = layer if layer in modules and layer not in keys else None  # a layer, not a lone linear
+            grams = _layer_grams(model, calibration, plans, keys, stop_after) if by_layer else {}
             for key in keys:
                 _quantize_group(model, modules, config, calibration, key, todo[key], plans[key], grams.get(key))
                 bar.update(len(todo[key]))

@@ -70,7 +70,7 @@ def _round_block(block: Tensor, block_inverse: Tensor, grid: WeightGrid, columns
     if block.is_cuda and TRITON_AVAILABLE:
         from trtllm_compile.kernels import gptq as gptq_kernels
 
-        if gptq_kernels.supports(block):
+        if gptq_kernels.supports(block, block_inverse, columns):
             return gptq_kernels.round_block(block, block_inverse, grid, columns)
     return round_block(block, block_inverse, grid, columns)
 
