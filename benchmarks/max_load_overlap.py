@@ -12,7 +12,13 @@ full KV cache, 32 layers of:
 - both, one after the other, for the whole batch (what `bench` runs) and for the halves,
 - the halves pipelined on two streams (each layer: A's attention beside B's GEMMs, then B's attention beside
   A's GEMMs), with default priorities, attention first, GEMMs first,
-- the same with each stream in a green context of its own SMs (where torch has them).
+- the same with the GEMMs launched first on SMs they leave free (`torch._C._set_sm_carveout_experimental`, which
+  torch 2.11 passes to cuBLASLt only: use `--blas cublaslt`; "GEMMs alone, N SMs left out" shows whether it took),
+  so the attention starts beside them instead of after them, and with the attention on a fixed-grid kernel
+  holding only the SMs left out,
+- the halves as two independent 32-layer chains, one a stream, with nothing keeping them out of phase,
+- the same with each stream in a green context of its own SMs (where torch has them), and the attention alone
+  in such a context (how few SMs still read K/V at the card's rate).
 
 Each is one CUDA graph (the streams' fork and join captured in it), timed by replay; the median of 10.
 """
@@ -20,15 +26,74 @@ Each is one CUDA graph (the streams' fork and join captured in it), timed by rep
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from trtllm_compile.bench.measure import cuda_graph_us
 from trtllm_compile.kernels import paged_attention
 
 HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE, LAYERS, PAGE = 4096, 32, 128, 11008, 32, 16
+
+
+@triton.jit
+def _persistent_decode_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr,
+    stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, stride_on,
+    stride_oh, items, head_blocks, scale,
+    HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, HEADS_PER_ITEM: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Decode attention (MHA, bf16) on a fixed grid: each program loops over (sequence, block of heads) items,
+    so the kernel holds as many SMs as it has programs and leaves the rest to a kernel beside it. An item's
+    heads are one tensor-core tile ([16 padded heads] x [heads x BLOCK_N positions]), masked to each head's own
+    block, so that one program keeps heads x BLOCK_N rows of K and V in flight."""
+    offs_g, offs_d, rows = tl.arange(0, 16), tl.arange(0, HEAD_DIM), tl.arange(0, HEADS_PER_ITEM * BLOCK_N)
+    row_head = rows // BLOCK_N
+    for item in range(tl.program_id(0), items, tl.num_programs(0)):
+        n, first_head = (item // head_blocks).to(tl.int64), (item % head_blocks) * HEADS_PER_ITEM
+        seq_len = tl.load(lens_ptr + n)
+        g_ok = offs_g < HEADS_PER_ITEM
+        q = tl.load(q_ptr + n * stride_qn + (first_head + offs_g)[:, None] * stride_qh + offs_d[None, :],
+                    mask=g_ok[:, None], other=0.0)  # fmt: skip
+        m_i = tl.full([16], -1e30, tl.float32)
+        l_i = tl.zeros([16], tl.float32)
+        acc = tl.zeros([16, HEAD_DIM], tl.float32)
+        own = offs_g[:, None] == row_head[None, :]
+        for start in range(0, seq_len, BLOCK_N):
+            pos = start + rows % BLOCK_N
+            p_ok = pos < seq_len
+            block = tl.load(bt_ptr + n * stride_bt + pos // PAGE, mask=p_ok, other=0).to(tl.int64)
+            in_page, head = pos % PAGE, first_head + row_head
+            k = tl.load((k_ptr + block * stride_kb + in_page * stride_ks + head * stride_kh)[:, None] + offs_d[None, :],
+                        mask=p_ok[:, None], other=0.0)  # fmt: skip
+            v = tl.load((v_ptr + block * stride_vb + in_page * stride_vs + head * stride_vh)[:, None] + offs_d[None, :],
+                        mask=p_ok[:, None], other=0.0)  # fmt: skip
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(own & p_ok[None, :], s, -1e30)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+            p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+            p = tl.where(own & p_ok[None, :], p, 0.0)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + n * stride_on + (first_head + offs_g)[:, None] * stride_oh + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])  # fmt: skip
+
+
+def persistent_decode_attention(q, k_cache, v_cache, tables, lens, scale, out, programs, heads_per_item=4):
+    items = q.shape[0] * (q.shape[1] // heads_per_item)
+    _persistent_decode_kernel[(programs,)](
+        q, k_cache, v_cache, tables, lens, out, q.stride(0), q.stride(1), *k_cache.stride()[:3],
+        *v_cache.stride()[:3], tables.stride(0), out.stride(0), out.stride(1), items, q.shape[1] // heads_per_item,
+        scale, HEAD_DIM=q.shape[2], PAGE=k_cache.shape[1], HEADS_PER_ITEM=heads_per_item, BLOCK_N=32,
+        num_warps=8, num_stages=2,
+    )  # fmt: skip
 
 
 class DecodeLayer:
@@ -54,8 +119,13 @@ class DecodeLayer:
         }
         self.parts = {"all": slice(0, sequences), "A": slice(0, split), "B": slice(split, sequences)}
 
-    def attention(self, part: str) -> None:
+    def attention(self, part: str, programs: int | None = None) -> None:
+        """The paged decode kernel, or with `programs` the fixed-grid kernel on that many programs."""
         rows = self.parts[part]
+        if programs:
+            persistent_decode_attention(self.q[rows], self.k_cache, self.v_cache, self.tables[rows], self.lens[rows],
+                                        HEAD_DIM**-0.5, self.attn_out[rows], programs)  # fmt: skip
+            return
         paged_attention.paged_decode_attention(
             self.q[rows], self.k_cache, self.v_cache, self.tables[rows], self.lens[rows], HEAD_DIM**-0.5,
             out=self.attn_out[rows],
@@ -74,8 +144,11 @@ def graph_ms(build: Callable[[], None], reps: int = 10) -> float:
     return cuda_graph_us(build, calls=1, replays=reps) / 1e3
 
 
-def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stream: torch.cuda.Stream):
-    """The two halves offset by half a layer: A's attention beside B's GEMMs, then B's beside A's."""
+def pipelined(
+    layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stream: torch.cuda.Stream, programs: int | None = None
+):
+    """The two halves offset by half a layer: A's attention beside B's GEMMs, then B's beside A's (the attention
+    on the fixed-grid kernel where `programs` is given)."""
 
     def build() -> None:
         main = torch.cuda.current_stream()
@@ -88,7 +161,7 @@ def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stre
         for index in range(LAYERS):
             with torch.cuda.stream(attention_stream):
                 attention_stream.wait_event(qkv_a)
-                layer.attention("A")
+                layer.attention("A", programs)
                 attended_a.record()
             with torch.cuda.stream(gemm_stream):
                 if index:
@@ -97,7 +170,7 @@ def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stre
                 qkv_b.record()
             with torch.cuda.stream(attention_stream):
                 attention_stream.wait_event(qkv_b)
-                layer.attention("B")
+                layer.attention("B", programs)
                 attended_b.record()
             with torch.cuda.stream(gemm_stream):
                 gemm_stream.wait_event(attended_a)
@@ -107,6 +180,62 @@ def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stre
         main.wait_stream(gemm_stream)
 
     return build
+
+
+def eager_ms(build: Callable[[], None], reps: int = 10) -> float:
+    """Median ms of `build` launched eagerly (no graph: whether a graph's capture changes how streams overlap)."""
+    build()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        build()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def carved(carveout: int | None, build: Callable[[], None]) -> Callable[[], None]:
+    """`build` with `carveout` SMs left out of every GEMM it issues (captured into the graph as it is)."""
+
+    def with_carveout() -> None:
+        torch._C._set_sm_carveout_experimental(carveout)
+        try:
+            build()
+        finally:
+            torch._C._set_sm_carveout_experimental(None)
+
+    return with_carveout
+
+
+def chains(layer: DecodeLayer, stream_a: torch.cuda.Stream, stream_b: torch.cuda.Stream) -> Callable[[], None]:
+    """Each half's 32 layers on a stream of its own, with no event between them after the fork."""
+
+    def build() -> None:
+        main = torch.cuda.current_stream()
+        for stream, part in ((stream_a, "A"), (stream_b, "B")):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                for _ in range(LAYERS):
+                    layer.attention(part)
+                    layer.gemms(part)
+        main.wait_stream(stream_a)
+        main.wait_stream(stream_b)
+
+    return build
+
+
+def on_stream(stream: torch.cuda.Stream, build: Callable[[], None]) -> Callable[[], None]:
+    def forked() -> None:
+        main = torch.cuda.current_stream()
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            build()
+        main.wait_stream(stream)
+
+    return forked
 
 
 def repeated(*steps: Callable[[], object]) -> Callable[[], None]:
@@ -138,13 +267,22 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=384)
     parser.add_argument("--context", type=int, default=192, help="cached tokens of every sequence")
     parser.add_argument("--split", type=int, default=None, help="rows of half A (default: half the batch)")
+    parser.add_argument("--blas", choices=("cublas", "cublaslt"), default="cublas", help="library of the cases' GEMMs")
+    parser.add_argument("--eager", action="store_true", help="time the cases launched eagerly, not as graphs")
+    parser.add_argument("--carveouts", default="32,48,64", help="SMs the GEMMs leave to the attention, comma list")
     args = parser.parse_args()
     split = args.split or args.sequences // 2
     layer = DecodeLayer(args.sequences, args.context, split)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: {args.sequences} sequences of "
           f"{args.context} tokens, halves of {split} and {args.sequences - split} rows, {LAYERS} layers\n")  # fmt: skip
     gemm_table(layer, args.sequences)
+    torch.backends.cuda.preferred_blas_library(args.blas)
 
+    layer.attention("all")
+    reference = layer.attn_out.clone()
+    layer.attention("all", 132)
+    error = (layer.attn_out - reference).abs().max().item()
+    print(f"fixed-grid kernel against the paged kernel: max |diff| {error:.2e}")
     high = torch.cuda.Stream(priority=-1)  # lower numbers are higher priorities
     cases = {
         "attention alone": repeated(lambda: layer.attention("all")),
@@ -158,7 +296,22 @@ def main() -> None:
         "halves on two streams": pipelined(layer, torch.cuda.Stream(), torch.cuda.Stream()),
         "two streams, attention first": pipelined(layer, high, torch.cuda.Stream()),
         "two streams, GEMMs first": pipelined(layer, torch.cuda.Stream(), high),
+        "halves as independent chains": chains(layer, torch.cuda.Stream(), torch.cuda.Stream()),
     }
+    for carveout in (int(c) for c in args.carveouts.split(",") if c):
+        gemms = repeated(lambda: layer.gemms("all"))
+        cases[f"GEMMs alone, {carveout} SMs left out"] = carved(carveout, gemms)
+        cases[f"two streams, GEMMs first on all but {carveout} SMs"] = carved(
+            carveout, pipelined(layer, torch.cuda.Stream(), high)
+        )
+        cases[f"independent chains, GEMMs on all but {carveout} SMs"] = carved(
+            carveout, chains(layer, torch.cuda.Stream(), torch.cuda.Stream())
+        )
+        alone = repeated(lambda c=carveout: layer.attention("all", c))
+        cases[f"fixed-grid attention alone, {carveout} programs"] = alone
+        cases[f"two streams, GEMMs on all but {carveout} SMs, fixed-grid attention on {carveout}"] = carved(
+            carveout, pipelined(layer, torch.cuda.Stream(), high, carveout)
+        )
     from torch.cuda import green_contexts
 
     if green_contexts.SUPPORTED:
@@ -170,10 +323,13 @@ def main() -> None:
             ]
             contexts += pair
             cases[f"green contexts: attention {attention_sms} SMs"] = pipelined(layer, *(c.Stream() for c in pair))
+            cases[f"attention alone on {attention_sms} SMs"] = on_stream(
+                pair[0].Stream(), repeated(lambda: layer.attention("all"))
+            )
     print(f"\n| {LAYERS} layers | ms |")
     print("| --- | ---: |")
     for name, build in cases.items():
-        print(f"| {name} | {graph_ms(build):.3f} |", flush=True)
+        print(f"| {name} | {(eager_ms if args.eager else graph_ms)(build):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
