@@ -14,8 +14,8 @@ full KV cache, 32 layers of:
   A's GEMMs), with default priorities, attention first, GEMMs first,
 - the same with the GEMMs launched first on SMs they leave free (`torch._C._set_sm_carveout_experimental`, which
   torch 2.11 passes to cuBLASLt only: use `--blas cublaslt`; "GEMMs alone, N SMs left out" shows whether it took),
-  so the attention starts beside them instead of after them, and with the attention on a fixed-grid kernel
-  holding only the SMs left out,
+  so the attention starts beside them instead of after them (a fixed-grid attention kernel holding only the
+  SMs left out lost: docs/benchmarks.md run 100, commit aae0ea0),
 - the halves as two independent 32-layer chains, one a stream, with nothing keeping them out of phase,
 - the same with each stream in a green context of its own SMs (where torch has them), and the attention alone
   in such a context (how few SMs still read K/V at the card's rate).
@@ -31,69 +31,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from trtllm_compile.bench.measure import cuda_graph_us
 from trtllm_compile.kernels import paged_attention
 
 HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE, LAYERS, PAGE = 4096, 32, 128, 11008, 32, 16
-
-
-@triton.jit
-def _persistent_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr,
-    stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt, stride_on,
-    stride_oh, items, head_blocks, scale,
-    HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, HEADS_PER_ITEM: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """Decode attention (MHA, bf16) on a fixed grid: each program loops over (sequence, block of heads) items,
-    so the kernel holds as many SMs as it has programs and leaves the rest to a kernel beside it. An item's
-    heads are one tensor-core tile ([16 padded heads] x [heads x BLOCK_N positions]), masked to each head's own
-    block, so that one program keeps heads x BLOCK_N rows of K and V in flight."""
-    offs_g, offs_d, rows = tl.arange(0, 16), tl.arange(0, HEAD_DIM), tl.arange(0, HEADS_PER_ITEM * BLOCK_N)
-    row_head = rows // BLOCK_N
-    for item in range(tl.program_id(0), items, tl.num_programs(0)):
-        n, first_head = (item // head_blocks).to(tl.int64), (item % head_blocks) * HEADS_PER_ITEM
-        seq_len = tl.load(lens_ptr + n)
-        g_ok = offs_g < HEADS_PER_ITEM
-        q = tl.load(q_ptr + n * stride_qn + (first_head + offs_g)[:, None] * stride_qh + offs_d[None, :],
-                    mask=g_ok[:, None], other=0.0)  # fmt: skip
-        m_i = tl.full([16], -1e30, tl.float32)
-        l_i = tl.zeros([16], tl.float32)
-        acc = tl.zeros([16, HEAD_DIM], tl.float32)
-        own = offs_g[:, None] == row_head[None, :]
-        for start in range(0, seq_len, BLOCK_N):
-            pos = start + rows % BLOCK_N
-            p_ok = pos < seq_len
-            block = tl.load(bt_ptr + n * stride_bt + pos // PAGE, mask=p_ok, other=0).to(tl.int64)
-            in_page, head = pos % PAGE, first_head + row_head
-            k = tl.load((k_ptr + block * stride_kb + in_page * stride_ks + head * stride_kh)[:, None] + offs_d[None, :],
-                        mask=p_ok[:, None], other=0.0)  # fmt: skip
-            v = tl.load((v_ptr + block * stride_vb + in_page * stride_vs + head * stride_vh)[:, None] + offs_d[None, :],
-                        mask=p_ok[:, None], other=0.0)  # fmt: skip
-            s = tl.dot(q, tl.trans(k)) * scale
-            s = tl.where(own & p_ok[None, :], s, -1e30)
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
-            p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
-            p = tl.where(own & p_ok[None, :], p, 0.0)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(out_ptr + n * stride_on + (first_head + offs_g)[:, None] * stride_oh + offs_d[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])  # fmt: skip
-
-
-def persistent_decode_attention(q, k_cache, v_cache, tables, lens, scale, out, programs, heads_per_item=4):
-    items = q.shape[0] * (q.shape[1] // heads_per_item)
-    _persistent_decode_kernel[(programs,)](
-        q, k_cache, v_cache, tables, lens, out, q.stride(0), q.stride(1), *k_cache.stride()[:3],
-        *v_cache.stride()[:3], tables.stride(0), out.stride(0), out.stride(1), items, q.shape[1] // heads_per_item,
-        scale, HEAD_DIM=q.shape[2], PAGE=k_cache.shape[1], HEADS_PER_ITEM=heads_per_item, BLOCK_N=32,
-        num_warps=8, num_stages=2,
-    )  # fmt: skip
 
 
 class DecodeLayer:
@@ -119,13 +61,8 @@ class DecodeLayer:
         }
         self.parts = {"all": slice(0, sequences), "A": slice(0, split), "B": slice(split, sequences)}
 
-    def attention(self, part: str, programs: int | None = None) -> None:
-        """The paged decode kernel, or with `programs` the fixed-grid kernel on that many programs."""
+    def attention(self, part: str) -> None:
         rows = self.parts[part]
-        if programs:
-            persistent_decode_attention(self.q[rows], self.k_cache, self.v_cache, self.tables[rows], self.lens[rows],
-                                        HEAD_DIM**-0.5, self.attn_out[rows], programs)  # fmt: skip
-            return
         paged_attention.paged_decode_attention(
             self.q[rows], self.k_cache, self.v_cache, self.tables[rows], self.lens[rows], HEAD_DIM**-0.5,
             out=self.attn_out[rows],
@@ -144,11 +81,8 @@ def graph_ms(build: Callable[[], None], reps: int = 10) -> float:
     return cuda_graph_us(build, calls=1, replays=reps) / 1e3
 
 
-def pipelined(
-    layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stream: torch.cuda.Stream, programs: int | None = None
-):
-    """The two halves offset by half a layer: A's attention beside B's GEMMs, then B's beside A's (the attention
-    on the fixed-grid kernel where `programs` is given)."""
+def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stream: torch.cuda.Stream):
+    """The two halves offset by half a layer: A's attention beside B's GEMMs, then B's beside A's."""
 
     def build() -> None:
         main = torch.cuda.current_stream()
@@ -161,7 +95,7 @@ def pipelined(
         for index in range(LAYERS):
             with torch.cuda.stream(attention_stream):
                 attention_stream.wait_event(qkv_a)
-                layer.attention("A", programs)
+                layer.attention("A")
                 attended_a.record()
             with torch.cuda.stream(gemm_stream):
                 if index:
@@ -170,7 +104,7 @@ def pipelined(
                 qkv_b.record()
             with torch.cuda.stream(attention_stream):
                 attention_stream.wait_event(qkv_b)
-                layer.attention("B", programs)
+                layer.attention("B")
                 attended_b.record()
             with torch.cuda.stream(gemm_stream):
                 gemm_stream.wait_event(attended_a)
@@ -278,11 +212,6 @@ def main() -> None:
     gemm_table(layer, args.sequences)
     torch.backends.cuda.preferred_blas_library(args.blas)
 
-    layer.attention("all")
-    reference = layer.attn_out.clone()
-    layer.attention("all", 132)
-    error = (layer.attn_out - reference).abs().max().item()
-    print(f"fixed-grid kernel against the paged kernel: max |diff| {error:.2e}")
     high = torch.cuda.Stream(priority=-1)  # lower numbers are higher priorities
     cases = {
         "attention alone": repeated(lambda: layer.attention("all")),
@@ -306,11 +235,6 @@ def main() -> None:
         )
         cases[f"independent chains, GEMMs on all but {carveout} SMs"] = carved(
             carveout, chains(layer, torch.cuda.Stream(), torch.cuda.Stream())
-        )
-        alone = repeated(lambda c=carveout: layer.attention("all", c))
-        cases[f"fixed-grid attention alone, {carveout} programs"] = alone
-        cases[f"two streams, GEMMs on all but {carveout} SMs, fixed-grid attention on {carveout}"] = carved(
-            carveout, pipelined(layer, torch.cuda.Stream(), high, carveout)
         )
     from torch.cuda import green_contexts
 
