@@ -14,16 +14,20 @@ scheduling does not hide); (2) `--profile-steps` decode steps with CUDA graphs o
 device kernel's calls and microseconds per step (top 25), and sums by category. On CPU there are no graphs nor
 kernels: the tables hold the CPU self time of the ops instead. With `--prefill`, (3) the running requests are
 aborted and a new batch of the same prompts is prefilled: the wall time of that step (it runs eagerly, without a
-CUDA graph) against the sum of its kernels, and their breakdown.
+CUDA graph) against the sum of its kernels, and their breakdown, and the Python functions of a fourth by their own
+time (cProfile): where a host-bound prefill's time goes above the aten ops.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
+import pstats
 import re
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -170,7 +174,7 @@ def prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
         engine.abort(request_id)
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 
-    def step(prof=None) -> float:
+    def step(stop_profiling: Callable[[], object] | None = None) -> float:
         for prompt in prompts:
             engine.add_request(prompt, params)
         measure.sync(device)
@@ -178,8 +182,8 @@ def prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
         engine.step()
         measure.sync(device)
         wall_ms = (time.perf_counter() - start) * 1e3
-        if prof is not None:
-            prof.stop()
+        if stop_profiling is not None:
+            stop_profiling()
         while engine.has_unfinished():
             engine.step()
         return wall_ms
@@ -188,7 +192,7 @@ def prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
     wall_ms = step()
     prof = _profiler(device.type == "cuda")
     prof.start()
-    step(prof)
+    step(prof.stop)
     rows, source = kernel_rows(prof, 1)
     kernels_ms = sum(r["us"] for r in rows) / 1e3
     shape = f"{len(prompts)} x {len(prompts[0])}"
@@ -199,7 +203,32 @@ def prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
     print(f"\n{'host op (self CPU time, profiled step)':<62}{'calls':>11}{'us':>11}")
     for row in host_ops[:TOP_ROWS]:
         print(f"{row['name'][:60]:<62}{row['calls']:>11.0f}{row['us']:>11.1f}")
-    return {"wall_ms": wall_ms, "kernels_ms": kernels_ms, "kernels": rows, "categories": categories, "host": host_ops}
+    python = cProfile.Profile()
+    python.enable()
+    step(python.disable)
+    functions = python_rows(python)
+    print(f"\n{'Python function (own time, profiled step)':<62}{'calls':>11}{'us':>11}")
+    for row in functions[:TOP_ROWS]:
+        print(f"{row['name'][-60:]:<62}{row['calls']:>11.0f}{row['us']:>11.1f}")
+    return {
+        "wall_ms": wall_ms,
+        "kernels_ms": kernels_ms,
+        "kernels": rows,
+        "categories": categories,
+        "host": host_ops,
+        "python": functions,
+    }
+
+
+def python_rows(profile: cProfile.Profile) -> list[dict]:
+    """[{name, calls, us}] of the profiled Python functions (file:line(name)) by their own time, largest first."""
+    stats = pstats.Stats(profile).stats
+    rows = [
+        {"name": f"{'/'.join(file.split('/')[-2:])}:{line}({name})", "calls": calls, "us": own * 1e6}
+        for (file, line, name), (_, calls, own, _, _) in stats.items()
+        if own > 0
+    ]
+    return sorted(rows, key=lambda r: -r["us"])
 
 
 def host_rows(prof) -> list[dict]:

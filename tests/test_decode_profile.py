@@ -24,9 +24,12 @@ def test_decode_profile_on_cpu_reports_wall_time_and_op_categories(tmp_path, cap
     prefill = result["prefill"]
     assert prefill["wall_ms"] > 0 and prefill["kernels"] and prefill["categories"][0]["us"] > 0  # GEMM
     assert prefill["host"] and all(row["us"] > 0 for row in prefill["host"])
+    functions = [row["name"] for row in prefill["python"]]  # the engine's own step is among the profiled functions
+    assert any(name.startswith("runtime/engine.py:") and name.endswith("(step)") for name in functions)
+    assert all(row["calls"] > 0 and row["us"] > 0 for row in prefill["python"])
     printed = capsys.readouterr().out
     assert "calls/step" in printed and "us/step" in printed and "decode step wall" in printed
-    assert "prefill step of 2 x 16 tokens" in printed
+    assert "prefill step of 2 x 16 tokens" in printed and "Python function" in printed
 
 
 def test_kernel_rows_keep_device_kernels_and_categorize_them():
