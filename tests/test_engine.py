@@ -236,6 +236,41 @@ def test_decode_batches_get_a_cuda_graph_padded_to_a_multiple_of_16_and_the_max_
     assert all(b - a <= 16 for a, b in zip(sizes, sizes[1:], strict=False))  # at most 15 padding rows past 8
 
 
+@pytest.mark.parametrize("name", ["llama", "mistral", "gemma3"])
+def test_a_prompt_padded_to_its_prefill_graph_bucket_gives_the_logits_and_cache_of_the_prompt_alone(name):
+    """What a prefill graph replays, run eagerly on CPU: the pads after the prompt change neither its last token's
+    logits nor its cached K/V (sliding windows included); they write to the spare block only."""
+    from trtllm_compile.runtime.scheduler import ScheduledSequence
+
+    runner = LLM(generating_model(name), max_batch_size=2, max_num_tokens=64).engine.runner
+    prompt = random_prompts((11,))[0]
+    block = runner.block_size
+    seq = ScheduledSequence(None, prompt, 0, True, list(range(block, block + len(prompt))), [1])
+
+    unwritten = 7.0  # what the cache holds before the step: a pad's K/V may be zeros (Gemma embeds token 0 so)
+
+    def prefill(**padding):
+        runner.kv_cache.fill_(unwritten)
+        inputs, _, _ = runner._inputs([seq], 1, runner.max_blocks_per_seq, **padding)
+        with torch.no_grad():
+            return runner.step.graph_module(*inputs)[0][0], runner.kv_cache.clone()
+
+    alone, cache_alone = prefill()
+    padded, cache_padded = prefill(prefill_tokens=16)
+    spare = runner.num_blocks
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache_padded[:, :, :spare], cache_alone[:, :, :spare], rtol=1e-5, atol=1e-5)
+    written = cache_alone != unwritten
+    assert written[:, :, 1, : len(prompt)].all() and not written[:, :, 1, len(prompt) :].any()  # the prompt's slots
+    assert (cache_padded[:, :, spare] != unwritten).any() and not written[:, :, spare].any()  # the pads' block
+
+    runner.use_cuda_graphs = True  # which bucket a step would replay (CPU steps never do)
+    assert runner.prefill_graph_tokens == [16, 32, 64]  # up to max_num_tokens
+    assert runner._prefill_bucket([seq]) == 16
+    assert runner._prefill_bucket([seq, seq]) is None  # two prompts: eager
+    assert runner._prefill_bucket([ScheduledSequence(None, [1] * 65, 0, True, [], [])]) is None
+
+
 def test_step_inputs_travel_in_one_aligned_buffer_that_a_cuda_graph_refills():
     import numpy as np
 

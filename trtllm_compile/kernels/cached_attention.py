@@ -6,7 +6,8 @@ and attends; a step with prefills rotates and writes first, in their own launche
 
 Contract with the runner (model_runner.py): decode rows come first, and a prefill row starts at position 0,
 so its keys are exactly its own tokens. No host synchronization happens here (sequence boundaries come from
-the host copy of `query_start_loc`), which keeps decode steps capturable in CUDA graphs.
+the host copy of `query_start_loc`), which keeps decode steps capturable in CUDA graphs, and a step of one prompt:
+its flash call's sequence bounds are a device tensor made once per prompt length, not copied from the host.
 
 With an FP8 cache (`k_scale` / `v_scale`), K/V are quantized as they are written, and prefills attend to the
 quantize-dequantized values, which is what the decode kernel later reads back: the write hands them back in the
@@ -15,6 +16,7 @@ quantize-dequantized values, which is what the decode kernel later reads back: t
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -134,13 +136,23 @@ def _prefill_attention(
             out[:, :, tokens] = attend(q_rows, k_rows, v_rows, None, scale, True, sliding_window, softcap)
         return
     q_rows, k_rows, v_rows = (x[0, :, first:last].transpose(0, 1).contiguous() for x in (q, k, v))  # [T, H, D]
-    cu_seqlens = torch.tensor([s - first for s in starts], dtype=torch.int32).to(q.device, non_blocking=True)
+    if len(starts) == 2:  # one prompt (the runner's prefill graphs): no host-to-device copy to capture
+        cu_seqlens = _one_prompt_bounds(last - first, q.device)
+    else:
+        cu_seqlens = torch.tensor([s - first for s in starts], dtype=torch.int32).to(q.device, non_blocking=True)
     longest = max(end - start for start, end in zip(starts[:-1], starts[1:], strict=True))
     window = (sliding_window - 1 if sliding_window > 0 else -1, 0)  # (left, right): causal, the last W positions
     attended = varlen_attn(
         q_rows, k_rows, v_rows, cu_seqlens, cu_seqlens, longest, longest, scale=scale, window_size=window, **_GQA
     )
     out[0, :, first:last] = attended.transpose(0, 1)
+
+
+@functools.cache
+def _one_prompt_bounds(tokens: int, device: torch.device) -> Tensor:
+    """[0, tokens] on `device`, kept: a CUDA graph that captured it reads it at every replay. At most one per prompt
+    length a step allows (max_num_tokens)."""
+    return torch.tensor([0, tokens], dtype=torch.int32).pin_memory().to(device, non_blocking=True)
 
 
 def _decode_rows(q: Tensor, num_decodes: int) -> Tensor:

@@ -71,6 +71,8 @@ def unpack_batch(packed: torch.Tensor) -> tuple[ScheduledBatch, list[int]]:
 class TensorParallelRunner(ModelRunner):
     """A ModelRunner for rank `tp.rank`: its graph shard on `device`, its KV heads, lockstep with the group."""
 
+    prefill_graphs = False  # prefills run eagerly here: prefill graphs have not been run on two GPUs yet
+
     def __init__(
         self,
         model: torch.nn.Module | Callable[[], torch.nn.Module],

@@ -1,5 +1,6 @@
 """Runs the step graph on a scheduled batch: builds the flat token row and attention metadata, owns the paged
-KV cache, and replays CUDA graphs for decode-only steps (bucketed batch sizes).
+KV cache, and replays CUDA graphs for decode-only steps (bucketed batch sizes) and for steps that prefill one
+prompt (bucketed token counts).
 
 A decode graph also takes its step's PENDING input tokens from the previous step's samples (`_samples`, where
 every step's sampled tokens go) and computes the greedy tokens of its logits into the same buffer: between two
@@ -34,6 +35,11 @@ from trtllm_compile.runtime.step_graph import build_step_graph
 logger = logging.getLogger(__name__)
 
 GRAPH_BATCH_STEP = 16  # decode batches are padded to a multiple of this (below it: to a power of two)
+# A step prefilling one prompt of up to 2,048 tokens replays the graph of the next of these token counts: launched
+# eagerly, such a step costs the host 57-86 ms whatever its length, against 5.3 ms of kernels at 128 tokens and 41
+# at 2,048 (Llama-2-7B on an H200, docs/benchmarks.md run 101). Padding to a power of two adds at most as many
+# tokens again.
+PREFILL_GRAPH_TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 def cuda_graph_sizes(max_batch_size: int) -> list[int]:
@@ -97,6 +103,8 @@ def _cuda_kernels_ready() -> bool:
 
 
 class ModelRunner:
+    prefill_graphs = True  # one-prompt prefill steps replay CUDA graphs too (where decode steps do)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -153,7 +161,11 @@ class ModelRunner:
                 "step graph: %d op calls bound to their PyTorch bodies", bind_references(self.step.graph_module)
             )
         self.graph_sizes = cuda_graph_sizes(max_batch_size)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}  # graph, inputs, logits
+        # Pad tokens take position 0 and a prompt's positions stay below max_seq_len: every bucket is in the tables.
+        longest = min(max_num_tokens, max_seq_len)
+        self.prefill_graph_tokens = [t for t in PREFILL_GRAPH_TOKENS if t <= longest] if self.prefill_graphs else []
+        # (rows, tokens of a prefill row or None) -> (graph, its input buffer, its logits)
+        self._graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         # The last step's sampled tokens (publish_sampled), read by the next step's PENDING inputs; a decode graph
         # writes its logits' argmax there (`_greedy`: those of the last step, None after an eager one).
         self._samples = torch.zeros(max_batch_size, dtype=torch.int64, device=self.device)
@@ -210,7 +222,10 @@ class ModelRunner:
             and all(len(s.token_ids) == 1 for s in ordered)
             and len(ordered) <= self.graph_sizes[-1]
         ):
-            logits = self._replay(ordered, pending)
+            rows = self.graph_sizes[bisect.bisect_left(self.graph_sizes, len(ordered))]
+            logits = self._replay(ordered, pending, rows)
+        elif (tokens := self._prefill_bucket(ordered)) is not None:
+            logits = self._replay(ordered, pending, 1, tokens)
         else:
             inputs, _, _ = self._inputs(ordered, len(ordered), self.max_blocks_for(ordered), pending)
             logits = self.step.graph_module(*inputs)[0][0]
@@ -219,6 +234,13 @@ class ModelRunner:
         out = torch.empty_like(logits)
         out[torch.tensor(order).to(logits.device, non_blocking=True)] = logits
         return out
+
+    def _prefill_bucket(self, sequences) -> int | None:
+        """The token count of the prefill graph this step replays: a step of one prompt, up to the largest bucket."""
+        if not self.use_cuda_graphs or len(sequences) != 1:
+            return None
+        index = bisect.bisect_left(self.prefill_graph_tokens, len(sequences[0].token_ids))
+        return self.prefill_graph_tokens[index] if index < len(self.prefill_graph_tokens) else None
 
     def greedy_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's argmax of this step's `logits` (what `execute` returned): a decode graph computed them."""
@@ -244,17 +266,21 @@ class ModelRunner:
         table_width: int,
         pending: PendingTokens | None = None,
         into: torch.Tensor | None = None,
+        prefill_tokens: int | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Step inputs for `sequences`, padded to `padded_rows` single-token rows writing to the spare block, the
         device buffer they are views of (`into`, a CUDA graph's, or a new one), and in it the [2, padded_rows]
-        (flat token index, row of `pending.token_ids`) of each `PENDING` token (-1: none).
+        (flat token index, row of `pending.token_ids`) of each `PENDING` token (-1: none). `prefill_tokens`: the
+        one row is a prompt padded to that many tokens; the pads (token 0 at position 0) come after its tokens,
+        which attend causally and never see them, write to the spare block, and are not sampled.
 
         Built in numpy and copied in one asynchronous host-to-device copy: at a thousand rows, Python lists of block
         tables cost more than the step, and at one row each copy costs the GPU a few microseconds between steps.
         `PENDING` tokens are gathered from `pending` on the device, here or (`into`: a graph's step) in the graph.
         """
         spare = self.num_blocks
-        lengths = np.array([len(s.token_ids) for s in sequences] + [1] * (padded_rows - len(sequences)))
+        fed = np.array([len(s.token_ids) for s in sequences] + [1] * (padded_rows - len(sequences)))
+        lengths = fed if prefill_tokens is None else np.array([prefill_tokens])
         starts = np.zeros(padded_rows + 1, dtype=np.int32)
         np.cumsum(lengths, out=starts[1:])
         token_ids = np.zeros(starts[-1], dtype=np.int64)
@@ -266,17 +292,17 @@ class ModelRunner:
         pending_at = np.full((2, padded_rows), -1, dtype=np.int64)
         num_pending = 0
         for row, seq in enumerate(sequences):
-            rows = slice(starts[row], starts[row + 1])
+            rows = slice(starts[row], starts[row] + fed[row])
             if seq.token_ids[0] == PENDING:  # a decode: its single input token is still on the device
                 pending_at[:, num_pending] = starts[row], pending.rows[row]
                 num_pending += 1
             else:
                 token_ids[rows] = seq.token_ids
-            positions[rows] = np.arange(seq.start_pos, seq.start_pos + lengths[row])
+            positions[rows] = np.arange(seq.start_pos, seq.start_pos + fed[row])
             slots[rows] = seq.slot_mapping
             tables[row, : len(seq.block_table)] = seq.block_table
             context_lens[row] = seq.start_pos + lengths[row]
-        logits_indices = starts[1:].astype(np.int64) - 1
+        logits_indices = starts[:-1].astype(np.int64) + fed - 1
         host = (token_ids, positions, slots, tables, context_lens, logits_indices, pending_at)
         buffer, views = _copy_packed(host, self.device, into)
         device_token_ids, positions, slots, tables, context_lens, logits_indices, pending_at = views
@@ -286,27 +312,34 @@ class ModelRunner:
         inputs = [device_token_ids[None], positions[None], self.kv_cache, slots, tables, context_lens]
         return [*inputs, starts_on_host, logits_indices], buffer, pending_at
 
-    def _replay(self, sequences, pending: PendingTokens | None) -> torch.Tensor:
-        size = self.graph_sizes[bisect.bisect_left(self.graph_sizes, len(sequences))]
-        if size not in self._graphs:
-            self._graphs[size] = self._capture(size)
-        graph, buffer, static_logits = self._graphs[size]
+    def _replay(
+        self, sequences, pending: PendingTokens | None, rows: int, prefill_tokens: int | None = None
+    ) -> torch.Tensor:
+        """Replay the graph of `rows` decode rows, or (`prefill_tokens`) of one prompt padded to that many tokens."""
+        key = (rows, prefill_tokens)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(rows, prefill_tokens)
+        graph, buffer, static_logits = self._graphs[key]
         if pending is not None:
             # the graph reads them there (sampled rather than greedy, they are a copy of it already); not through
             # publish_sampled, which a tensor-parallel rank 0 would broadcast to ranks that do not expect it
             self._store_samples(pending.token_ids)
-        self._inputs(sequences, size, self.max_blocks_per_seq, pending, into=buffer)  # the graph reads its views
+        # the graph reads its views of the buffer
+        self._inputs(sequences, rows, self.max_blocks_per_seq, pending, into=buffer, prefill_tokens=prefill_tokens)
         graph.replay()
         self._greedy = self._samples[: len(sequences)]
         return static_logits[: len(sequences)]
 
-    def _capture(self, size: int):
-        """Capture a decode step of `size` rows; its inputs are static buffers refilled before each replay. The
-        graph feeds the PENDING tokens from `_samples` and writes its greedy tokens there."""
-        static_inputs, buffer, pending_at = self._inputs([], size, self.max_blocks_per_seq)  # padding until refilled
+    def _capture(self, rows: int, prefill_tokens: int | None = None):
+        """Capture a step of `rows` decode rows (or of one prompt of `prefill_tokens`); its inputs are static buffers
+        refilled before each replay. The graph feeds the PENDING tokens from `_samples` and writes its greedy tokens
+        there."""
+        static_inputs, buffer, pending_at = self._inputs(
+            [], rows, self.max_blocks_per_seq, prefill_tokens=prefill_tokens
+        )  # padding until refilled
         token_ids = static_inputs[0][0]
 
-        def decode_step(greedy_tokens: torch.Tensor) -> torch.Tensor:
+        def step(greedy_tokens: torch.Tensor) -> torch.Tensor:
             feed_pending(token_ids, pending_at, self._samples)
             logits = self.step.graph_module(*static_inputs)[0][0]
             argmax(logits, out=greedy_tokens)
@@ -316,13 +349,14 @@ class ModelRunner:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up: autotuning and lazy initialization stay out of the graph
-                decode_step(torch.empty(size, dtype=torch.int64, device=self.device))  # `_samples` holds tokens
+                step(torch.empty(rows, dtype=torch.int64, device=self.device))  # `_samples` holds tokens
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self._graph_pool = self._graph_pool or torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream):
-            static_logits = decode_step(self._samples[:size])
-        logger.info("captured a CUDA graph for decode batches of %d", size)
+            static_logits = step(self._samples[:rows])
+        what = f"prefills of up to {prefill_tokens} tokens" if prefill_tokens else f"decode batches of {rows}"
+        logger.info("captured a CUDA graph for %s", what)
         return graph, buffer, static_logits
 
 
