@@ -166,7 +166,7 @@ class ModelRunner:
         self.prefill_graph_tokens = [t for t in PREFILL_GRAPH_TOKENS if t <= longest] if self.prefill_graphs else []
         # (rows, tokens of a prefill row or None) -> (graph, its input buffer, its logits)
         self._graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        # The last step's sampled tokens (publish_sampled), read by the next step's PENDING inputs; a decode graph
+        # The last step's sampled tokens (publish_sampled), read by the next step's PENDING inputs; a graph
         # writes its logits' argmax there (`_greedy`: those of the last step, None after an eager one).
         self._samples = torch.zeros(max_batch_size, dtype=torch.int64, device=self.device)
         self._greedy: torch.Tensor | None = None
@@ -243,12 +243,12 @@ class ModelRunner:
         return self.prefill_graph_tokens[index] if index < len(self.prefill_graph_tokens) else None
 
     def greedy_tokens(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each row's argmax of this step's `logits` (what `execute` returned): a decode graph computed them."""
+        """Each row's argmax of this step's `logits` (what `execute` returned): a graph computed them."""
         return self._greedy if self._greedy is not None else argmax(logits)
 
     def publish_sampled(self, token_ids: torch.Tensor) -> None:
         """The engine sampled `token_ids` from this step's logits: the next step's PENDING inputs read them from
-        `_samples` (where a decode graph's greedy tokens are already)."""
+        `_samples` (where a graph's greedy tokens are already)."""
         self._store_samples(token_ids)
 
     def _store_samples(self, token_ids: torch.Tensor) -> None:
