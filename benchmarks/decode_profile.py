@@ -38,6 +38,7 @@ from trtllm_compile.kernels import tuning
 from trtllm_compile.models import load_model
 from trtllm_compile.quantization.config import KV_CACHE_FORMATS
 from trtllm_compile.runtime.llm import LLM
+from trtllm_compile.runtime.model_runner import next_bucket
 from trtllm_compile.runtime.sampling import SamplingParams
 
 WARM_TOKENS = 3  # decoded tokens per request before timing: the graph of this batch is captured and replayed
@@ -133,11 +134,9 @@ def replay_ms(llm: LLM, batch: int, steps: int) -> float | None:
     """Median GPU milliseconds of the captured graph of this batch's bucket; None without one (CPU, no triton).
     The replay rewrites the last step's K/V slots, fed the latest samples as its tokens: the tokens generated
     after it may change, not the cost of a step."""
-    graphs = getattr(llm.engine.runner, "_graphs", {})
-    sizes = sorted(size for size in graphs if size >= batch)
-    if not sizes:
-        return None
-    return measure.replay_ms(graphs[sizes[0]][0], steps)
+    runner = llm.engine.runner
+    graph = runner._graphs.get((next_bucket(runner.graph_sizes, batch), None))  # keys: (rows, prefill tokens)
+    return measure.replay_ms(graph[0], steps) if graph is not None else None
 
 
 def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):

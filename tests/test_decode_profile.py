@@ -88,3 +88,17 @@ def test_decode_profile_quantizes_the_step_graph_and_its_kv_cache(tmp_path):
     assert result["args"]["quantization"] == "fp8" and result["args"]["kv_cache"] == "fp8"
     names = [row["name"] for row in result["kernels"]]
     assert any("fp8_linear" in name for name in names)
+
+
+def test_replay_ms_times_the_decode_graph_of_the_batchs_bucket_not_a_prefill_graph(monkeypatch):
+    """The runner keys its graphs by (rows, prefill tokens or None); the decode graph of batch 10 is (16, None)."""
+    from types import SimpleNamespace
+
+    module = load_benchmark("decode_profile")
+    timed = []
+    monkeypatch.setattr(module.measure, "replay_ms", lambda graph, steps: timed.append(graph) or 1.0)
+    graphs = {(1, 16): ("prefill 16",), (16, None): ("decode 16",), (32, None): ("decode 32",)}
+    runner = SimpleNamespace(_graphs=graphs, graph_sizes=[1, 2, 4, 8, 16, 32])
+    llm = SimpleNamespace(engine=SimpleNamespace(runner=runner))
+    assert module.replay_ms(llm, 10, steps=3) == 1.0 and timed == ["decode 16"]
+    assert module.replay_ms(llm, 4, steps=3) is None  # its bucket (4) was never captured

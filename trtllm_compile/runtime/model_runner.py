@@ -51,6 +51,13 @@ def cuda_graph_sizes(max_batch_size: int) -> list[int]:
     return [*small, *range(GRAPH_BATCH_STEP, max_batch_size, GRAPH_BATCH_STEP), max_batch_size]
 
 
+def next_bucket(sizes: list[int], n: int) -> int | None:
+    """The smallest of the ascending `sizes` that holds `n` (the graph a step of n rows or tokens replays); None
+    when none does."""
+    index = bisect.bisect_left(sizes, n)
+    return sizes[index] if index < len(sizes) else None
+
+
 @dataclass
 class PendingTokens:
     """Where a batch's `PENDING` input tokens are: the step in flight sampled them into `token_ids` (on the
@@ -217,12 +224,8 @@ class ModelRunner:
         ordered = [sequences[i] for i in order]
         if pending is not None:  # in the order the step feeds them
             pending = PendingTokens(pending.token_ids, [pending.rows[i] for i in order])
-        if (
-            self.use_cuda_graphs
-            and all(len(s.token_ids) == 1 for s in ordered)
-            and len(ordered) <= self.graph_sizes[-1]
-        ):
-            rows = self.graph_sizes[bisect.bisect_left(self.graph_sizes, len(ordered))]
+        decodes_only = all(len(s.token_ids) == 1 for s in ordered)
+        if self.use_cuda_graphs and decodes_only and (rows := next_bucket(self.graph_sizes, len(ordered))):
             logits = self._replay(ordered, pending, rows)
         elif (tokens := self._prefill_bucket(ordered)) is not None:
             logits = self._replay(ordered, pending, 1, tokens)
@@ -239,8 +242,7 @@ class ModelRunner:
         """The token count of the prefill graph this step replays: a step of one prompt, up to the largest bucket."""
         if not self.use_cuda_graphs or len(sequences) != 1:
             return None
-        index = bisect.bisect_left(self.prefill_graph_tokens, len(sequences[0].token_ids))
-        return self.prefill_graph_tokens[index] if index < len(self.prefill_graph_tokens) else None
+        return next_bucket(self.prefill_graph_tokens, len(sequences[0].token_ids))
 
     def greedy_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's argmax of this step's `logits` (what `execute` returned): a graph computed them."""
