@@ -13,14 +13,15 @@ time per step of `--steps` decode steps back to back, the median GPU time of the
 scheduling does not hide); (2) `--profile-steps` decode steps with CUDA graphs off under torch.profiler: each
 device kernel's calls and microseconds per step (top 25), and sums by category. On CPU there are no graphs nor
 kernels: the tables hold the CPU self time of the ops instead. With `--prefill`, (3) the running requests are
-aborted and a new batch of the same prompts is prefilled: the wall time of that step (it runs eagerly, without a
-CUDA graph) against the sum of its kernels, and their breakdown, and the Python functions of a fourth by their own
-time (cProfile): where a host-bound prefill's time goes above the aten ops.
+aborted and a new batch of the same prompts is prefilled: the wall time of that step (run eagerly, without the
+prefill graph one prompt alone would replay) against the sum of its kernels, and their breakdown, and the Python
+functions of a fourth by their own time (cProfile): where a host-bound prefill's time goes above the aten ops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import math
@@ -139,21 +140,29 @@ def replay_ms(llm: LLM, batch: int, steps: int) -> float | None:
     return measure.replay_ms(graph[0], steps) if graph is not None else None
 
 
-def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):
-    """Profile `steps` eager decode steps (graphs hide their kernels from the profiler); graphs come back on."""
-    runner, gpu = llm.engine.runner, device.type == "cuda"
+@contextlib.contextmanager
+def _eager(llm: LLM):
+    """The engine's steps launched eagerly meanwhile (graphs hide their kernels from the profiler); graphs come
+    back on after."""
+    runner = llm.engine.runner
     saved = runner.use_cuda_graphs
     runner.use_cuda_graphs = False
     try:
+        yield
+    finally:
+        runner.use_cuda_graphs = saved
+
+
+def profile(llm: LLM, device: torch.device, steps: int, trace: str | None):
+    """Profile `steps` eager decode steps."""
+    with _eager(llm):
         for _ in range(EAGER_WARM_STEPS):
             llm.engine.step()
         measure.sync(device)
-        with _profiler(gpu) as prof:
+        with _profiler(device.type == "cuda") as prof:
             for _ in range(steps):
                 llm.engine.step()
             measure.sync(device)
-    finally:
-        runner.use_cuda_graphs = saved
     if trace:
         prof.export_chrome_trace(trace)
     return prof
@@ -167,7 +176,13 @@ def _profiler(gpu: bool) -> torch.profiler.profile:
 def prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
     """Abort the running requests, then time the step that prefills `prompts` (the second of two such steps:
     the first tunes its shapes) and profile a third: wall milliseconds, its kernels, and the host's busiest
-    ops by self CPU time (a prefill runs eagerly, so its host time is on the critical path)."""
+    ops by self CPU time. The step runs eagerly, as a step of several prompts does (one prompt alone would replay
+    a prefill graph), so its host time is on the critical path."""
+    with _eager(llm):
+        return _prefill(llm, prompts, device)
+
+
+def _prefill(llm: LLM, prompts: list[list[int]], device: torch.device) -> dict:
     engine = llm.engine
     for request_id in list(engine._requests):
         engine.abort(request_id)
