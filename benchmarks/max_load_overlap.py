@@ -26,13 +26,12 @@ Each is one CUDA graph (the streams' fork and join captured in it), timed by rep
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from trtllm_compile.bench.measure import cuda_graph_us
+from trtllm_compile.bench.measure import cuda_graph_us, launch_ms
 from trtllm_compile.kernels import paged_attention
 
 HIDDEN, HEADS, HEAD_DIM, INTERMEDIATE, LAYERS, PAGE = 4096, 32, 128, 11008, 32, 16
@@ -118,17 +117,9 @@ def pipelined(layer: DecodeLayer, attention_stream: torch.cuda.Stream, gemm_stre
 
 def eager_ms(build: Callable[[], None], reps: int = 10) -> float:
     """Median ms of `build` launched eagerly (no graph: whether a graph's capture changes how streams overlap)."""
-    build()
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        build()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    build()  # tuning, allocation
+    torch.cuda.synchronize()
+    return launch_ms(build, reps)
 
 
 def carved(carveout: int | None, build: Callable[[], None]) -> Callable[[], None]:

@@ -80,11 +80,17 @@ def cuda_graph_us(step: Callable[[], object], calls: int, replays: int = 20) -> 
 
 def replay_ms(graph: torch.cuda.CUDAGraph, replays: int = 20) -> float:
     """Median GPU milliseconds of one replay of a captured graph (CUDA events, each replay timed alone)."""
+    return launch_ms(graph.replay, replays)
+
+
+def launch_ms(launch: Callable[[], object], repeats: int = 20) -> float:
+    """Median GPU milliseconds from the start to the end of the work one call of `launch` queues (CUDA events on
+    the current stream; each call timed alone, after the previous one has finished)."""
     times = []
-    for _ in range(replays):
+    for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        launch()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
